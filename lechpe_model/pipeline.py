@@ -1,0 +1,301 @@
+"""Frame -> head poses of every face: detect, crop, one batched network call.
+
+::
+
+    est = PoseEstimator(create_detector("auto"), create_backend("auto", model))
+    result = est.estimate(frame_bgr)          # or est.estimate_encoded(jpeg_bytes)
+    for face in result.faces:
+        face.angles        # (3,) degrees (yaw, pitch, roll), lechpe_model.conventions
+    result.timings_ms      # {"decode"?, "detect", "preprocess", "network", "postprocess"}
+    result.error           # None, or why the frame (or some faces) were skipped
+
+``estimate`` never raises: bad frames (empty, tiny, oversized, NaN, wrong
+dtype; see ``image_checks``) give no faces and an ``error`` string, faces whose
+network outputs are not finite are dropped and counted in ``dropped``.
+
+Crops: the detector box is turned into the crop with
+``expand_box(box, margin, shift_y=shift_y)``; ``margin``/``shift_y`` default to
+the detector's calibrated values (``FaceDetector.crop_margin``,
+``crop_shift_y``), which make the crop match training's test-time crop of the
+landmark box (``preprocessing.TEST_MARGIN``).
+
+Confidence: ``1 - H(q) / log K`` with ``q`` the soft cluster assignment and ``H``
+its entropy. A latent close to one learned centroid (a face like the training
+data, occluded or not) gives ~1; a latent far from every centroid, i.e. a crop
+unlike the training faces (a false detection, an extreme occlusion), spreads q
+evenly and gives ~0. Unlike ``max(q)`` it does not depend on K (its floor would
+be 1/K). With K = 1 it is 1. It is not a calibrated probability of the angle
+error; ``uncertainty`` (std of the bin softmax, degrees) speaks to that.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lechpe_model.backends import Backend
+from lechpe_model.conventions import ANGLE_NAMES
+from lechpe_model.detection import FaceDetection, FaceDetector, keep_largest
+from lechpe_model.image_checks import DEFAULT_MAX_SIDE, InvalidImage, to_bgr8
+from lechpe_model.preprocessing import crop_face, expand_box, preprocess_crops
+
+LOG = logging.getLogger(__name__)
+
+#: Stages reported in ``EstimateResult.timings_ms`` (decode only for encoded input).
+STAGES = ("decode", "detect", "preprocess", "network", "postprocess")
+
+
+@dataclass
+class FacePose:
+    """Head pose of one face.
+
+    Attributes:
+        box: ``(4,)`` float32 detector box ``(x1, y1, x2, y2)`` in frame pixels.
+        score: detector score in [0, 1].
+        angles: ``(3,)`` float32 degrees (yaw, pitch, roll), label convention of
+            ``lechpe_model.conventions``.
+        uncertainty: ``(3,)`` float32 degrees, std of each angle's bin softmax.
+        assignment: ``(K,)`` float32 soft cluster assignment q.
+        cluster: ``argmax(assignment)``.
+        confidence: ``1 - entropy(q) / log K`` in [0, 1] (module docstring).
+        landmarks: ``(5, 2)`` float32 detector landmarks or ``None``.
+        crop_box: ``(4,)`` float32 box actually cropped (may extend past the frame).
+    """
+
+    box: np.ndarray
+    score: float
+    angles: np.ndarray
+    uncertainty: np.ndarray
+    assignment: np.ndarray
+    cluster: int
+    confidence: float
+    landmarks: np.ndarray | None = None
+    crop_box: np.ndarray | None = None
+
+    @property
+    def yaw(self) -> float:
+        return float(self.angles[0])
+
+    @property
+    def pitch(self) -> float:
+        return float(self.angles[1])
+
+    @property
+    def roll(self) -> float:
+        return float(self.angles[2])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (floats rounded to 1e-3 degrees / pixels)."""
+
+        def rounded(values) -> list:
+            return [round(float(v), 3) for v in np.asarray(values).reshape(-1)]
+
+        out: dict[str, Any] = {
+            "box": rounded(self.box),
+            "score": round(float(self.score), 4),
+        }
+        for name, value in zip(ANGLE_NAMES, self.angles, strict=True):
+            out[name] = round(float(value), 3)
+        out["uncertainty"] = {
+            name: round(float(v), 3) for name, v in zip(ANGLE_NAMES, self.uncertainty, strict=True)
+        }
+        out["cluster"] = int(self.cluster)
+        out["confidence"] = round(float(self.confidence), 4)
+        out["landmarks"] = (
+            None if self.landmarks is None else [rounded(p) for p in np.asarray(self.landmarks)]
+        )
+        return out
+
+
+@dataclass
+class EstimateResult:
+    """Outcome of one frame.
+
+    Attributes:
+        faces: poses, largest box first.
+        timings_ms: milliseconds per stage (see :data:`STAGES`).
+        error: ``None`` or a message (frame refused, detector/backend failure,
+            faces dropped for non-finite outputs).
+        detected: faces found by the detector before ``max_faces``.
+        dropped: faces removed because their box or outputs were not finite.
+    """
+
+    faces: list[FacePose] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    detected: int = 0
+    dropped: int = 0
+
+
+def confidence_from_assignment(q: np.ndarray) -> np.ndarray:
+    """``1 - H(q) / log K`` for rows of ``q`` ``(N, K)``; 1 when K = 1. Returns ``(N,)``."""
+    q = np.asarray(q, dtype=np.float64)
+    k = q.shape[-1]
+    if k <= 1:
+        return np.ones(q.shape[:-1])
+    p = np.clip(q, 0.0, 1.0)
+    p = p / np.maximum(p.sum(axis=-1, keepdims=True), 1e-12)
+    entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, 1e-300)), 0.0), axis=-1)
+    return np.clip(1.0 - entropy / math.log(k), 0.0, 1.0)
+
+
+class PoseEstimator:
+    """Detector + shared preprocessing + backend.
+
+    Args:
+        detector: a ``detection.FaceDetector``.
+        backend: a ``backends.Backend``.
+        max_faces: keep at most this many faces per frame, the largest boxes.
+        margin: crop margin around the detector box; ``None`` = the detector's
+            calibrated ``crop_margin``.
+        shift_y: crop centre shift (fraction of box height); ``None`` = detector's.
+        max_side: frames larger than this (px a side) are refused.
+    """
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        backend: Backend,
+        max_faces: int = 10,
+        margin: float | None = None,
+        shift_y: float | None = None,
+        max_side: int = DEFAULT_MAX_SIDE,
+    ) -> None:
+        self.detector = detector
+        self.backend = backend
+        self.max_faces = int(max_faces)
+        self.margin = float(detector.crop_margin if margin is None else margin)
+        self.shift_y = float(detector.crop_shift_y if shift_y is None else shift_y)
+        self.max_side = int(max_side)
+        meta = backend.metadata
+        self.input_size = int(meta.input_size)
+        self.mean = tuple(meta.mean)
+        self.std = tuple(meta.std)
+
+    # ------------------------------------------------------------------ public
+    def estimate_encoded(self, data: bytes | np.ndarray) -> EstimateResult:
+        """Decode an encoded image (JPEG, PNG, ... bytes) and estimate; never raises."""
+        start = time.perf_counter()
+        try:
+            buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+            image = (
+                cv2.imdecode(np.asarray(buffer, dtype=np.uint8).reshape(-1), cv2.IMREAD_UNCHANGED)
+                if np.asarray(buffer).size
+                else None
+            )
+        except Exception as exc:  # cv2.error, bad buffer types
+            image, reason = None, f"{type(exc).__name__}: {exc}"
+        else:
+            reason = "not a supported image encoding or corrupt data"
+        decode_ms = (time.perf_counter() - start) * 1e3
+        if image is None:
+            return EstimateResult(
+                timings_ms={"decode": decode_ms}, error=f"cannot decode image: {reason}"
+            )
+        result = self.estimate(image)
+        result.timings_ms = {"decode": decode_ms, **result.timings_ms}
+        return result
+
+    def estimate(self, image: np.ndarray) -> EstimateResult:
+        """Poses of the faces in one frame; never raises (see ``EstimateResult.error``).
+
+        Args:
+            image: ``(H, W, 3)`` uint8 BGR, or any input ``image_checks.to_bgr8`` accepts.
+        """
+        result = EstimateResult()
+        try:
+            self._estimate(image, result)
+        except Exception as exc:  # last line of defence: a frame never kills the caller
+            LOG.exception("pose estimation failed on a frame")
+            result.faces = []
+            result.error = f"pose estimation failed: {type(exc).__name__}: {exc}"
+        return result
+
+    # ---------------------------------------------------------------- internal
+    def _estimate(self, image: np.ndarray, result: EstimateResult) -> None:
+        timings = result.timings_ms
+        start = time.perf_counter()
+        try:
+            bgr = to_bgr8(image, max_side=self.max_side)
+        except InvalidImage as exc:
+            timings["preprocess"] = (time.perf_counter() - start) * 1e3
+            result.error = f"invalid image: {exc}"
+            return
+        check_ms = (time.perf_counter() - start) * 1e3
+
+        start = time.perf_counter()
+        try:
+            detections = self.detector.detect(bgr)
+        except Exception as exc:
+            timings["detect"] = (time.perf_counter() - start) * 1e3
+            result.error = f"face detector {self.detector.name} failed: {type(exc).__name__}: {exc}"
+            return
+        good = [d for d in detections if _usable_box(d)]
+        result.detected = len(good)
+        result.dropped += len(detections) - len(good)
+        faces = keep_largest(good, self.max_faces)
+        timings["detect"] = (time.perf_counter() - start) * 1e3
+
+        start = time.perf_counter()
+        crop_boxes = [expand_box(d.box, self.margin, shift_y=self.shift_y) for d in faces]
+        crops = [crop_face(bgr, box) for box in crop_boxes]
+        batch = preprocess_crops(crops, self.input_size, self.mean, self.std)
+        timings["preprocess"] = check_ms + (time.perf_counter() - start) * 1e3
+
+        start = time.perf_counter()
+        try:
+            outputs = self.backend.infer(batch)  # all faces of the frame in one call
+        except Exception as exc:
+            timings["network"] = (time.perf_counter() - start) * 1e3
+            result.error = f"backend {self.backend.name} failed: {type(exc).__name__}: {exc}"
+            return
+        timings["network"] = (time.perf_counter() - start) * 1e3
+
+        start = time.perf_counter()
+        finite = (
+            np.isfinite(outputs.angles).all(axis=1)
+            & np.isfinite(outputs.uncertainty).all(axis=1)
+            & np.isfinite(outputs.assignment).all(axis=1)
+        )
+        confidence = confidence_from_assignment(outputs.assignment)
+        for i, det in enumerate(faces):
+            if not finite[i]:
+                continue
+            result.faces.append(
+                FacePose(
+                    box=det.box.astype(np.float32),
+                    score=float(det.score),
+                    angles=outputs.angles[i].copy(),
+                    uncertainty=outputs.uncertainty[i].copy(),
+                    assignment=outputs.assignment[i].copy(),
+                    cluster=int(np.argmax(outputs.assignment[i]))
+                    if outputs.assignment.shape[1]
+                    else 0,
+                    confidence=float(confidence[i]),
+                    landmarks=None if det.landmarks is None else det.landmarks.astype(np.float32),
+                    crop_box=crop_boxes[i],
+                )
+            )
+        bad = int((~finite).sum())
+        if bad:
+            result.dropped += bad
+            result.error = f"dropped {bad} face(s) whose network outputs were NaN or infinite"
+            LOG.warning(result.error)
+        timings["postprocess"] = (time.perf_counter() - start) * 1e3
+
+
+def _usable_box(detection: FaceDetection) -> bool:
+    box = np.asarray(detection.box, dtype=np.float64)
+    return (
+        box.shape == (4,)
+        and bool(np.all(np.isfinite(box)))
+        and box[2] - box[0] >= 1.0
+        and box[3] - box[1] >= 1.0
+        and math.isfinite(float(detection.score))
+    )

@@ -1,0 +1,170 @@
+"""Face detectors on real photos (scikit-image astronaut), crops, auto selection."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from lechpe_model import detection as det
+from lechpe_model import preprocessing as pp
+
+skimage_data = pytest.importorskip("skimage.data")
+
+REPO = Path(__file__).resolve().parent.parent
+LANDMARKS_CANDIDATES = [
+    REPO / "training" / "assets" / "astronaut_face_mesh_landmarks.npy",
+]
+# MediaPipe face-mesh vertices that stand in for the 68-point box of 300W-LP:
+# face-oval points at ear level (jaw ends), the eyebrows (top) and the chin.
+MESH_JAW_SIDES = [234, 454]
+MESH_BROWS = [70, 63, 105, 66, 107, 336, 296, 334, 293, 300]
+MESH_CHIN = [152]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+    return float(inter / (area - inter))
+
+
+@pytest.fixture(scope="module")
+def astronaut_bgr() -> np.ndarray:
+    return cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+@pytest.fixture(scope="module")
+def mesh_landmarks() -> np.ndarray:
+    for path in LANDMARKS_CANDIDATES:
+        if path.is_file():
+            return np.load(path)[:, :2]
+    pytest.skip("astronaut_face_mesh_landmarks.npy not found in training/assets")
+
+
+def available_detectors() -> list[str]:
+    names = []
+    for name in ("yuface", "haar"):
+        try:
+            det.create_detector(name)
+            names.append(name)
+        except det.DetectorUnavailable:
+            pass
+    return names
+
+
+DETECTORS = available_detectors()
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_astronaut_gives_one_face_at_the_landmarks(name, astronaut_bgr, mesh_landmarks):
+    detector = det.create_detector(name)
+    faces = detector.detect(astronaut_bgr)
+    assert len(faces) == 1, faces
+    face = faces[0]
+    assert face.box.dtype == np.float32 and face.box.shape == (4,)
+    assert 0.5 <= face.score <= 1.0
+    mesh_box = pp.box_from_landmarks(mesh_landmarks)
+    assert iou(face.box, mesh_box) > 0.6
+    if face.landmarks is not None:
+        assert face.landmarks.shape == (5, 2)
+        # eyes above nose above mouth; every landmark inside the mesh box
+        eyes_y, nose_y, mouth_y = (
+            face.landmarks[:2, 1].mean(),
+            face.landmarks[2, 1],
+            face.landmarks[3:, 1].mean(),
+        )
+        assert eyes_y < nose_y < mouth_y
+        assert np.all(face.landmarks >= mesh_box[:2]) and np.all(face.landmarks <= mesh_box[2:])
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_detector_crop_matches_training_crop(name, astronaut_bgr, mesh_landmarks):
+    """The calibrated margin turns the detector box into the landmark test crop."""
+    detector = det.create_detector(name)
+    (face,) = detector.detect(astronaut_bgr)
+    lm68_like = np.concatenate(
+        [mesh_landmarks[MESH_JAW_SIDES], mesh_landmarks[MESH_BROWS], mesh_landmarks[MESH_CHIN]]
+    )
+    train_crop = pp.expand_box(pp.box_from_landmarks(lm68_like), pp.TEST_MARGIN)
+    det_crop = pp.expand_box(face.box, detector.crop_margin, shift_y=detector.crop_shift_y)
+    assert iou(det_crop, train_crop) > 0.85
+    side_ratio = (det_crop[2] - det_crop[0]) / (train_crop[2] - train_crop[0])
+    assert 0.9 < side_ratio < 1.1
+
+
+def paste_faces(face: np.ndarray, sizes: list[int], canvas_hw=(300, 820)) -> np.ndarray:
+    canvas = np.full(canvas_hw + (3,), 120, dtype=np.uint8)
+    x = 10
+    for size in sizes:
+        canvas[20 : 20 + size, x : x + size] = cv2.resize(face, (size, size))
+        x += size + 20
+    return canvas
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_group_photo_and_keep_largest(name, astronaut_bgr):
+    face = astronaut_bgr[20:230, 120:330]  # head and shoulders of the astronaut
+    sizes = [120, 230, 150, 190]
+    canvas = paste_faces(face, sizes)
+    detector = det.create_detector(name)
+    faces = detector.detect(canvas)
+    assert len(faces) == len(sizes)
+    kept = det.keep_largest(faces, 2)
+    widths = sorted((f.box[2] - f.box[0] for f in faces), reverse=True)
+    assert [k.box[2] - k.box[0] for k in kept] == widths[:2]
+    # the two largest pasted faces are the 230 and 180 px tiles (2nd and 4th)
+    centres = sorted(float((k.box[0] + k.box[2]) / 2) for k in kept)
+    assert 140 < centres[0] < 380 and 520 < centres[1] < 820
+    assert det.keep_largest(faces, 0) == []
+    assert len(det.keep_largest(faces, None)) == len(sizes)
+
+
+def test_large_frames_are_downscaled_for_detection(astronaut_bgr):
+    """Boxes come back in full-resolution pixels."""
+    name = DETECTORS[0]
+    small = det.create_detector(name).detect(astronaut_bgr)[0].box
+    big = cv2.resize(astronaut_bgr, (1536, 1536), interpolation=cv2.INTER_CUBIC)
+    detector = det.create_detector(name, max_input_side=512)
+    (face,) = detector.detect(big)
+    np.testing.assert_allclose(face.box, small * 3, atol=12)
+
+
+def test_auto_picks_yuface_and_logs(caplog):
+    pytest.importorskip("yuface")
+    with caplog.at_level(logging.INFO, logger="lechpe_model.detection"):
+        detector = det.create_detector("auto")
+    assert detector.name == "yuface"
+    assert "picked yuface" in caplog.text
+
+
+def test_yunet_needs_a_model_file(tmp_path):
+    with pytest.raises(det.DetectorUnavailable, match="YuNet ONNX"):
+        det.create_detector("yunet", model_path=tmp_path / "missing.onnx")
+    with pytest.raises(ValueError, match="unknown detector"):
+        det.create_detector("mtcnn")
+
+
+def test_opencv_yunet_with_a_user_model(astronaut_bgr):
+    candidates = sorted(Path(cv2.__file__).parent.parent.rglob("*yunet*.onnx"))
+    if not candidates:
+        pytest.skip(
+            "no YuNet ONNX file ships in any installed package here; the 'yunet' detector "
+            "needs one supplied by the user (OpenCV model zoo)"
+        )
+    faces = det.create_detector("yunet", model_path=candidates[0]).detect(astronaut_bgr)
+    assert len(faces) == 1
+
+
+@pytest.mark.parametrize("name", DETECTORS)
+def test_no_face_in_noise_and_tiny_frames(name):
+    detector = det.create_detector(name)
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    assert detector.detect(noise) == []
+    assert detector.detect(np.zeros((1, 1, 3), dtype=np.uint8)) == []
+    with pytest.raises(ValueError, match="uint8"):
+        detector.detect(np.zeros((10, 10), dtype=np.uint8))

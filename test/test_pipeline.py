@@ -1,0 +1,234 @@
+"""PoseEstimator: real detector + real ONNX Runtime backend on real photos and bad frames."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+skimage_data = pytest.importorskip("skimage.data")
+
+from lechpe_model import preprocessing as pp  # noqa: E402
+from lechpe_model.backends import create_backend  # noqa: E402
+from lechpe_model.cli.bench import random_checkpoint  # noqa: E402
+from lechpe_model.detection import create_detector  # noqa: E402
+from lechpe_model.pipeline import PoseEstimator, confidence_from_assignment  # noqa: E402
+
+FACE_BOX = np.array([178, 63, 267, 175], dtype=np.float32)  # YuNet box of the astronaut
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return random_checkpoint(tmp_path_factory.mktemp("pipe") / "m.safetensors", "resnet18")
+
+
+@pytest.fixture(scope="module")
+def backend(checkpoint):
+    return create_backend("onnxruntime", checkpoint, cache_dir=checkpoint.parent)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return create_detector("auto")
+
+
+@pytest.fixture(scope="module")
+def estimator(detector, backend):
+    return PoseEstimator(detector, backend, max_faces=10)
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    return cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def face_tile(astronaut: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(astronaut[20:230, 120:330], (size, size), interpolation=cv2.INTER_AREA)
+
+
+class CountingBackend:
+    """Passes every call to the real backend and records the batch sizes."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+        self.name, self.metadata = real.name, real.metadata
+
+    def infer(self, batch):
+        self.calls.append(len(batch))
+        return self.real.infer(batch)
+
+
+def test_astronaut_pose_matches_direct_composition(estimator, detector, backend, astronaut):
+    result = estimator.estimate(astronaut)
+    assert result.error is None and result.detected == 1 and len(result.faces) == 1
+    face = result.faces[0]
+    assert np.abs(face.box - FACE_BOX).max() < 15
+    # independent composition of the documented steps
+    (det,) = detector.detect(astronaut)
+    crop_box = pp.expand_box(det.box, detector.crop_margin, shift_y=detector.crop_shift_y)
+    expected = backend.infer(pp.preprocess_crops([pp.crop_face(astronaut, crop_box)]))
+    np.testing.assert_allclose(face.angles, expected.angles[0], atol=1e-4)
+    np.testing.assert_allclose(face.uncertainty, expected.uncertainty[0], atol=1e-4)
+    np.testing.assert_allclose(face.assignment, expected.assignment[0], atol=1e-6)
+    assert face.cluster == int(np.argmax(expected.assignment[0]))
+    q = expected.assignment[0].astype(np.float64)
+    entropy = -(q * np.log(q)).sum()
+    assert face.confidence == pytest.approx(1 - entropy / math.log(len(q)), abs=1e-5)
+    assert face.landmarks is None or face.landmarks.shape == (5, 2)
+    assert set(result.timings_ms) == {"detect", "preprocess", "network", "postprocess"}
+    assert all(v >= 0 for v in result.timings_ms.values())
+    out = face.to_dict()
+    assert set(out) >= {"box", "yaw", "pitch", "roll", "uncertainty", "cluster", "confidence"}
+    assert out["yaw"] == pytest.approx(float(face.angles[0]), abs=1e-3)
+
+
+def test_confidence_bounds():
+    assert confidence_from_assignment(np.full((1, 4), 0.25))[0] == pytest.approx(0.0, abs=1e-12)
+    assert confidence_from_assignment(np.array([[1.0, 0, 0, 0]]))[0] == pytest.approx(1.0)
+    assert confidence_from_assignment(np.ones((2, 1))).tolist() == [1.0, 1.0]
+
+
+def test_all_faces_in_one_batch_and_max_faces_keeps_largest(detector, backend, astronaut):
+    canvas = np.full((300, 820, 3), 120, dtype=np.uint8)
+    sizes, x = [120, 230, 150, 190], 10
+    for size in sizes:
+        canvas[20 : 20 + size, x : x + size] = face_tile(astronaut, size)
+        x += size + 20
+    counting = CountingBackend(backend)
+    result = PoseEstimator(detector, counting, max_faces=10).estimate(canvas)
+    assert len(result.faces) == 4 and counting.calls == [4]
+    counting.calls.clear()
+    two = PoseEstimator(detector, counting, max_faces=2).estimate(canvas)
+    assert result.detected == 4 and len(two.faces) == 2 and counting.calls == [2]
+    widths = [f.box[2] - f.box[0] for f in result.faces]
+    assert widths == sorted(widths, reverse=True)  # largest first
+    np.testing.assert_allclose([f.box for f in two.faces], [f.box for f in result.faces[:2]])
+    np.testing.assert_allclose(two.faces[0].angles, result.faces[0].angles, atol=1e-3)
+
+
+def test_encoded_jpeg_and_garbage(estimator, astronaut):
+    ok, jpeg = cv2.imencode(".jpg", astronaut, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    result = estimator.estimate_encoded(jpeg.tobytes())
+    assert result.error is None and len(result.faces) == 1 and "decode" in result.timings_ms
+    bad = estimator.estimate_encoded(b"not an image")
+    assert bad.faces == [] and "cannot decode" in bad.error
+    assert "cannot decode" in estimator.estimate_encoded(b"").error
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_empty_frames(estimator):
+    for frame in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), np.uint8), np.zeros(0)):
+        result = estimator.estimate(frame)
+        assert result.faces == [] and "empty" in result.error
+
+
+def test_one_pixel_frame(estimator):
+    result = estimator.estimate(np.zeros((1, 1, 3), np.uint8))
+    assert result.faces == [] and "too small" in result.error
+
+
+@pytest.mark.parametrize("shape", ["hw", "hw1"])
+def test_grayscale_frames(estimator, astronaut, shape):
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
+    result = estimator.estimate(gray if shape == "hw" else gray[:, :, None])
+    assert result.error is None and len(result.faces) == 1
+    assert np.isfinite(result.faces[0].angles).all()
+
+
+def test_four_channel_frame_equals_three_channel(estimator, astronaut):
+    bgra = cv2.cvtColor(astronaut, cv2.COLOR_BGR2BGRA)
+    bgra[..., 3] = 7  # alpha is ignored
+    a, b = estimator.estimate(bgra), estimator.estimate(astronaut)
+    assert a.error is None and len(a.faces) == 1
+    np.testing.assert_allclose(a.faces[0].angles, b.faces[0].angles, atol=1e-5)
+
+
+def test_sixteen_bit_frame_equals_eight_bit(estimator, astronaut):
+    wide = astronaut.astype(np.uint16) * 257  # 255 -> 65535
+    a, b = estimator.estimate(wide), estimator.estimate(astronaut)
+    assert a.error is None and len(a.faces) == 1
+    np.testing.assert_allclose(a.faces[0].angles, b.faces[0].angles, atol=1e-5)
+
+
+def test_oversized_frame_is_refused(detector, backend, astronaut):
+    small_limit = PoseEstimator(detector, backend, max_side=256)
+    result = small_limit.estimate(astronaut)  # 512 px > 256
+    assert result.faces == [] and "exceeds the limit of 256 px" in result.error
+    assert PoseEstimator(detector, backend).max_side == 8192
+
+
+def test_no_face_in_noise(estimator):
+    noise = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    result = estimator.estimate(noise)
+    assert result.error is None and result.faces == [] and result.detected == 0
+    assert result.timings_ms["network"] >= 0
+
+
+def test_fifty_faces(backend, astronaut):
+    detector = create_detector("auto", max_input_side=640)  # 30 px faces: full resolution
+    tile = face_tile(astronaut, 64)
+    canvas = np.full((5 * 64, 10 * 64, 3), 128, np.uint8)
+    for i in range(50):
+        row, col = divmod(i, 10)
+        canvas[row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64] = tile
+    counting = CountingBackend(backend)
+    result = PoseEstimator(detector, counting, max_faces=50).estimate(canvas)
+    assert result.error is None and len(result.faces) == 50 and counting.calls == [50]
+    assert all(
+        np.isfinite(f.angles).all() and np.isfinite(f.uncertainty).all() for f in result.faces
+    )
+    # identical tiles -> identical poses (crop geometry is translation invariant)
+    angles = np.stack([f.angles for f in result.faces])
+    assert np.ptp(angles, axis=0).max() < 1.0
+    default = PoseEstimator(detector, backend).estimate(canvas)  # max_faces=10
+    assert default.detected == 50 and len(default.faces) == 10
+
+
+def test_float_frames(estimator, astronaut):
+    scaled = astronaut.astype(np.float32) / 255.0
+    ok = estimator.estimate(scaled)
+    assert ok.error is None and len(ok.faces) == 1
+    nan = scaled.copy()
+    nan[10, 10, 0] = np.nan
+    result = estimator.estimate(nan)
+    assert result.faces == [] and "NaN or infinite" in result.error
+    inf = scaled.copy()
+    inf[0, 0, 1] = np.inf
+    assert "NaN or infinite" in estimator.estimate(inf).error
+    assert "must lie in [0, 1]" in estimator.estimate(astronaut.astype(np.float64)).error
+
+
+@pytest.mark.parametrize(
+    "frame, words",
+    [
+        (np.zeros((32, 32, 5), np.uint8), "channels"),
+        (np.zeros((32, 32, 3), np.int32), "unsupported pixel type"),
+        (None, "NumPy image"),
+        ("frame.jpg", "NumPy image"),
+        (np.zeros((2, 32, 32, 3), np.uint8), "malformed"),
+    ],
+)
+def test_other_bad_frames(estimator, frame, words):
+    result = estimator.estimate(frame)
+    assert result.faces == [] and words in result.error
+
+
+def test_non_finite_network_outputs_are_dropped(tmp_path, detector, astronaut):
+    """A real model with a NaN weight in the yaw head: faces are dropped, not published."""
+    import torch
+
+    from lechpe_model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, _ = load_checkpoint(random_checkpoint(tmp_path / "ok.safetensors", "resnet18"))
+    with torch.no_grad():
+        model.heads["yaw"].weight[0, 0] = float("nan")
+    save_checkpoint(tmp_path / "nan.safetensors", model)
+    broken = create_backend("torch", tmp_path / "nan.safetensors", device="cpu")
+    result = PoseEstimator(detector, broken).estimate(astronaut)
+    assert result.faces == [] and result.dropped == 1 and result.detected == 1
+    assert "NaN or infinite" in result.error

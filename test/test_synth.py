@@ -1,0 +1,384 @@
+"""Synthetic head-pose renderer (training.synth): exact labels, signs, files, determinism.
+
+Everything renders small images (96-224 px) so the file runs in seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+
+from lechpe_model.conventions import (
+    MODEL_TO_OPTICAL,
+    euler_to_matrix,
+    matrix_to_euler,
+    pose_para_to_euler,
+)
+from training.synth import cli
+from training.synth.contact_sheet import make_contact_sheet
+from training.synth.dataset_writer import sample_mat, write_dataset, write_sample
+from training.synth.mesh import IBUG68_VERTICES, NOSE_TIP, load_face_mesh
+from training.synth.renderer import (
+    Appearance,
+    Camera,
+    Fragments,
+    build_head_model,
+    composite,
+    rasterize,
+    render_head,
+)
+from training.synth.scene import (
+    PoseDistribution,
+    SceneConfig,
+    render_sample,
+    sample_rng,
+    texture_base,
+)
+from training.synth.sequence import GT_COLUMNS, SequenceConfig, write_sequence
+
+# ---------------------------------------------------------------- helpers
+
+
+def _rotation_angle_deg(r1: np.ndarray, r2: np.ndarray) -> float:
+    """Geodesic distance between two rotations, degrees."""
+    cos = (np.trace(r1.T @ r2) - 1.0) / 2.0
+    return math.degrees(math.acos(np.clip(cos, -1.0, 1.0)))
+
+
+MARKER_RED, MARKER_GREEN, MARKER_BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def _marker_appearance() -> Appearance:
+    """Grey texture with coloured discs at the nose tip and both eye centres.
+
+    Flat lighting (ambient 1, diffuse 0) keeps the marker colours exact, so the
+    rendered *pixels* can be located independently of the projected labels.
+    """
+    mesh = load_face_mesh()
+    tex = np.full((512, 512, 3), 128, np.uint8)
+    xy = mesh.tex_xy
+
+    def disc(vertices, colour):
+        centre = xy[vertices].mean(axis=0)
+        cv2.circle(tex, (round(centre[0]), round(centre[1])), 3, colour, -1)
+
+    disc([NOSE_TIP], MARKER_RED)
+    disc(IBUG68_VERTICES[36:42], MARKER_GREEN)  # image-left eye (person's right)
+    disc(IBUG68_VERTICES[42:48], MARKER_BLUE)  # image-right eye (person's left)
+    return Appearance(
+        texture=tex, tex_xy=xy, light_dir=np.array([0, 0, 1.0]), ambient=1.0, diffuse=0.0
+    )
+
+
+def _render_markers(yaw, pitch, roll, size=224):
+    camera = Camera.from_fov(size, size, 30.0)
+    model = build_head_model(False)
+    t = np.array([0.0, 0.0, camera.fx * model.face.width_cm / (0.5 * size)])
+    result = render_head(model, _marker_appearance(), yaw, pitch, roll, t, camera)
+    image = composite(result, np.zeros((size, size, 3), np.uint8), feather=0)
+    return image, result
+
+
+def _centroid(image: np.ndarray, colour) -> np.ndarray:
+    diff = np.abs(image.astype(int) - np.array(colour)).sum(axis=2)
+    ys, xs = np.nonzero(diff < 60)
+    assert xs.size >= 3, f"marker {colour} not visible in the render"
+    return np.array([xs.mean(), ys.mean()])
+
+
+# ---------------------------------------------------------------- rasteriser
+
+
+def test_rasterizer_coverage_matches_point_in_polygon():
+    # A quad made of two CCW (model frame) triangles; image y points down, so the
+    # screen order is clockwise. A pixel is covered iff its centre is inside the
+    # quad (independent check: cv2.pointPolygonTest per pixel centre).
+    uv = np.array([[20.3, 70.2], [80.6, 75.1], [75.4, 15.7], [25.2, 20.9]])
+    tris = np.array([[0, 1, 2], [0, 2, 3]])
+    frags = rasterize(uv, np.ones(4), tris, 100, 100)
+    mine = np.zeros(100 * 100, bool)
+    mine[frags.pixel] = True
+    contour = uv.astype(np.float32).reshape(-1, 1, 2)
+    ref = np.array(
+        [
+            cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0
+            for y in range(100)
+            for x in range(100)
+        ]
+    )
+    assert np.count_nonzero(mine != ref) == 0
+    assert len(np.unique(frags.pixel)) == len(frags.pixel)  # one fragment per pixel
+    np.testing.assert_allclose(frags.bary.sum(axis=1), 1.0, atol=1e-5)
+    # Pixel count ~ polygon area (shoelace).
+    x, y = uv[:, 0], uv[:, 1]
+    area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    assert abs(mine.sum() - area) < 0.03 * area
+
+
+def test_rasterizer_depth_test_and_back_face_culling():
+    uv = np.array([[10, 60], [60, 60], [35, 10], [10, 60], [60, 60], [35, 10.0]])
+    near_first = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    tris = np.array([[3, 4, 5], [0, 1, 2]])  # far triangle listed first
+    frags = rasterize(uv, near_first, tris, 80, 80)
+    assert frags.pixel.size > 500
+    assert np.all(frags.triangle == 1)  # the nearer triangle wins everywhere
+    # Reversed winding (a back face) draws nothing.
+    assert rasterize(uv, near_first, tris[:, ::-1], 80, 80).pixel.size == 0
+    assert isinstance(rasterize(uv + 1000, near_first, tris, 80, 80), Fragments)
+
+
+# ---------------------------------------------------------------- exact labels
+
+
+@pytest.mark.parametrize(
+    "angles", [(0.0, 0.0, 0.0), (30.0, -15.0, 10.0), (-55.0, 20.0, -20.0), (75.0, 5.0, 3.0)]
+)
+def test_solvepnp_recovers_the_label_from_written_landmarks(tmp_path, angles):
+    """Render + write at a known pose; solvePnP on pt2d from the .mat recovers it."""
+    config = SceneConfig(width=224, height=224)
+    sample = render_sample(sample_rng(7, 0), config, angles=angles)
+    write_sample(tmp_path, "s", sample)
+    mat = scipy.io.loadmat(tmp_path / "s.mat")
+    label = pose_para_to_euler(mat["Pose_Para"])
+    np.testing.assert_allclose(label, angles, atol=1e-4)
+    image_points = mat["pt2d"].T.astype(np.float64)
+    # The image's face shape: canonical landmarks scaled by the stored shape_scale.
+    assert np.all(np.abs(mat["shape_scale"] - 1) <= config.shape_jitter + 1e-9)
+    object_points = load_face_mesh().landmark_points() * mat["shape_scale"].ravel()
+    ok, rvec, tvec = cv2.solvePnP(
+        object_points, image_points, mat["cam_K"], None, flags=cv2.SOLVEPNP_ITERATIVE
+    )
+    assert ok
+    r_optical = cv2.Rodrigues(rvec)[0]  # model -> OpenCV camera (x right, y down, z forward)
+    r_label = MODEL_TO_OPTICAL @ r_optical  # back into the 3DDFA camera frame
+    recovered = matrix_to_euler(r_label)
+    assert _rotation_angle_deg(r_label, euler_to_matrix(*label)) < 1.0
+    np.testing.assert_allclose(recovered, label, atol=1.0)
+    np.testing.assert_allclose(tvec.ravel(), mat["cam_t_cm"].ravel(), rtol=0.01, atol=0.2)
+
+
+@pytest.mark.parametrize("angles", [(0.0, 0.0, 0.0), (40.0, 10.0, -10.0)])
+def test_rendered_pixels_agree_with_the_projected_labels(angles):
+    image, result = _render_markers(*angles)
+    nose_px = _centroid(image, MARKER_RED)
+    assert np.linalg.norm(nose_px - result.vertices_uv[NOSE_TIP]) < 1.5
+    face = np.argwhere(result.face_mask)
+    x1, y1, x2, y2 = result.face_box
+    assert face[:, 1].min() >= x1 - 1 and face[:, 1].max() <= x2 + 1
+    assert face[:, 0].min() >= y1 - 1 and face[:, 0].max() <= y2 + 1
+
+
+# ---------------------------------------------------------------- signs (docs/CONVENTIONS.md)
+
+
+def test_positive_yaw_turns_the_nose_to_the_image_left():
+    front, _ = _render_markers(0, 0, 0)
+    turned, _ = _render_markers(30, 0, 0)
+    assert _centroid(turned, MARKER_RED)[0] < _centroid(front, MARKER_RED)[0] - 10
+    back, _ = _render_markers(-30, 0, 0)
+    assert _centroid(back, MARKER_RED)[0] > _centroid(front, MARKER_RED)[0] + 10
+
+
+def test_positive_pitch_raises_the_nose():
+    front, _ = _render_markers(0, 0, 0)
+    up, _ = _render_markers(0, 25, 0)
+    nose_shift = _centroid(up, MARKER_RED)[1] - _centroid(front, MARKER_RED)[1]
+    eye_mid = lambda im: (_centroid(im, MARKER_GREEN) + _centroid(im, MARKER_BLUE)) / 2  # noqa: E731
+    assert nose_shift < -5  # the nose moves up in the image
+    # ... and toward the eye line: looking up shortens nose-to-eye distance less than
+    # the face turns, the nose tip stays above its frontal place relative to the eyes.
+    rel_front = _centroid(front, MARKER_RED)[1] - eye_mid(front)[1]
+    rel_up = _centroid(up, MARKER_RED)[1] - eye_mid(up)[1]
+    assert rel_up < rel_front
+
+
+def test_positive_roll_turns_the_face_clockwise():
+    for roll in (15.0, -20.0):
+        image, _ = _render_markers(0, 0, roll)
+        left, right = _centroid(image, MARKER_GREEN), _centroid(image, MARKER_BLUE)
+        # Image y points down: a clockwise turn lowers the image-right eye.
+        slope_deg = math.degrees(math.atan2(right[1] - left[1], right[0] - left[0]))
+        assert np.sign(slope_deg) == np.sign(roll)
+        assert abs(slope_deg - roll) < 2.0
+
+
+# ---------------------------------------------------------------- textures
+
+
+def test_mirrored_texture_changes_the_look_not_the_geometry():
+    mesh = load_face_mesh()
+    plain, mirrored = texture_base(False), texture_base(True)
+
+    # Vertex i of the mirrored texture shows what its mirror vertex showed.
+    def colours(base, index):
+        xy = base.tex_xy[index].astype(np.float32)
+        return cv2.remap(base.rgb, xy[:, None, 0], xy[:, None, 1], cv2.INTER_LINEAR)[:, 0]
+
+    idx = np.arange(len(mesh.vertices))
+    diff = np.abs(colours(mirrored, idx).astype(int) - colours(plain, mesh.mirror[idx]).astype(int))
+    assert np.median(diff) <= 2
+    camera = Camera.from_fov(128, 128, 30.0)
+    model = build_head_model(True)
+    t = np.array([1.0, -0.5, 60.0])
+    renders = [
+        render_head(
+            model, Appearance(b.rgb, b.tex_xy, np.array([0.3, 0.3, 0.9])), 25, 5, -8, t, camera
+        )
+        for b in (plain, mirrored)
+    ]
+    np.testing.assert_array_equal(renders[0].face_mask, renders[1].face_mask)
+    np.testing.assert_array_equal(renders[0].landmarks, renders[1].landmarks)
+    assert np.abs(renders[0].rgb - renders[1].rgb).mean() > 1.0
+
+
+def test_pose_distribution_default_spread_and_limit():
+    rng = np.random.default_rng(0)
+    draws = np.array([PoseDistribution().sample(rng) for _ in range(3000)])
+    assert np.abs(draws).max() <= 99.0
+    assert np.mean(np.abs(draws[:, 0]) > 60) > 0.15  # many profiles, like 300W-LP
+    assert 8 < draws[:, 1].std() < 20 and 5 < draws[:, 2].std() < 15
+    with pytest.raises(ValueError, match="unknown pose distribution"):
+        PoseDistribution(kind="gaussian").sample(rng)
+
+
+# ---------------------------------------------------------------- files and CLI
+
+
+def test_dataset_layout_determinism_and_loader_round_trip(tmp_path):
+    config = SceneConfig(width=96, height=96)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    write_dataset(a, 4, seed=11, config=config, progress=False)
+    write_dataset(b, 4, seed=11, config=config, workers=2, progress=False)
+    write_dataset(c, 4, seed=12, config=config, progress=False)
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:  # same seed -> same bytes (also across worker counts)
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "synth_000000.jpg").read_bytes() != (c / "synth_000000.jpg").read_bytes()
+
+    rows = list(csv.DictReader(open(a / "index.csv", encoding="utf-8")))
+    assert [r["name"] for r in rows] == [f"synth_{i:06d}" for i in range(4)]
+    assert (a / "files.txt").read_text().split() == [r["name"] for r in rows]
+    meta = json.loads((a / "synth.json").read_text())
+    assert meta["seed"] == 11 and meta["count"] == 4
+    for row in rows:
+        mat = scipy.io.loadmat(a / f"{row['name']}.mat")
+        assert mat["Pose_Para"].shape == (1, 7) and mat["pt2d"].shape == (2, 68)
+        assert mat["roi"].shape == (1, 4)
+        angles = pose_para_to_euler(mat["Pose_Para"])
+        np.testing.assert_allclose(
+            angles, [float(row[k]) for k in ("yaw", "pitch", "roll")], atol=1e-4
+        )
+        image = cv2.imread(str(a / f"{row['name']}.jpg"))
+        assert image.shape == (96, 96, 3)
+
+    w300lp = pytest.importorskip("training.datasets.w300lp")
+    dataset = w300lp.load_300wlp(str(a))
+    assert len(dataset) == 4
+    by_key = {s.key: s for s in dataset.samples}
+    for row in rows:
+        sample = next(s for k, s in by_key.items() if row["name"] in k)
+        np.testing.assert_allclose(
+            sample.angles, [float(row[k]) for k in ("yaw", "pitch", "roll")], atol=1e-4
+        )
+
+
+def test_mat_keys_documented_values():
+    config = SceneConfig(width=128, height=128)
+    sample = render_sample(sample_rng(3, 1), config, angles=(10.0, -5.0, 2.0))
+    mat = sample_mat(sample)
+    pose = mat["Pose_Para"].ravel()
+    np.testing.assert_allclose(pose[:3], np.radians([-5.0, 10.0, 2.0]), atol=1e-6)
+    # scale = fx / Z (pixels per cm at the head origin's depth)
+    assert pose[6] == pytest.approx(sample.camera.fx / sample.t_cm[2], rel=1e-5)
+    np.testing.assert_allclose(mat["pt2d"].T, sample.landmarks, atol=1e-3)
+    np.testing.assert_allclose(mat["roi"].ravel(), sample.box, atol=1e-3)
+
+
+def test_sequence_is_smooth_and_self_describing(tmp_path):
+    config = SequenceConfig(frames=6, width=160, height=120)
+    gt_path = write_sequence(tmp_path, config, seed=4)
+    rows = list(csv.DictReader(open(gt_path, encoding="utf-8")))
+    assert tuple(rows[0].keys()) == GT_COLUMNS
+    assert [int(r["frame"]) for r in rows] == list(range(6))
+    angles = np.array([[float(r[k]) for k in ("yaw", "pitch", "roll")] for r in rows])
+    assert np.abs(np.diff(angles, axis=0)).max() < 5.0  # smooth at 30 fps
+    assert np.all(np.abs(angles) <= np.array(config.amplitude) + 1e-6)
+    meta = json.loads((tmp_path / "sequence.json").read_text())
+    for key in ("fps", "width", "height", "fx", "fy", "cx", "cy", "face_width_m", "frames"):
+        assert key in meta, key
+    assert meta["face_width_m"] == pytest.approx(load_face_mesh().width_cm / 100)
+    for r in rows:
+        frame = cv2.imread(str(tmp_path / f"frame_{int(r['frame']):06d}.jpg"))
+        assert frame.shape == (120, 160, 3)
+        # Box width agrees with the mesh width seen at the stored distance (pinhole).
+        width_px = float(r["x2"]) - float(r["x1"])
+        expected = meta["fx"] * meta["face_width_m"] / float(r["z_m"])
+        assert 0.3 * expected < width_px < 1.3 * expected
+
+
+def test_cli_images_contact_sheet_and_errors(tmp_path, capsys):
+    out = tmp_path / "imgs"
+    assert cli.main(["images", str(out), "--count", "3", "--seed", "1", "--size", "64"]) == 0
+    assert len(list(out.glob("*.jpg"))) == 3 and len(list(out.glob("*.mat"))) == 3
+    sheet = tmp_path / "sheet.png"
+    assert cli.main(["contact-sheet", str(out), str(sheet), "--count", "3"]) == 0
+    png = cv2.imread(str(sheet))
+    assert png is not None and png.shape[0] > 50 and png.shape[1] > 100
+    with pytest.raises(FileNotFoundError, match="no labelled images"):
+        make_contact_sheet(tmp_path / "nothing", tmp_path / "x.png")
+    with pytest.raises(SystemExit):
+        cli.main(["images", str(out), "--size", "12x"])
+    assert "size must be" in capsys.readouterr().err
+    assert cli.main(["images", str(out), "--count", "0"]) == 2
+
+
+def test_cli_occluded_replica_uses_the_occlusion_generator(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "occ"
+    args = ["images", str(src), "--count", "2", "--size", "64", "--occluded-replica", str(dst)]
+    try:
+        from training.occlusion import write_occluded_replica  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="write_occluded_replica"):
+            cli.main(args)
+        return
+    assert cli.main(args) == 0
+    assert len(list(dst.rglob("*.jpg"))) == 2 and len(list(dst.rglob("*.mat"))) == 2
+
+
+def test_shape_scale_changes_the_face_not_the_label():
+    camera = Camera.from_fov(160, 160, 30.0)
+    model = build_head_model(False)
+    base = texture_base(False)
+    app = Appearance(base.rgb, base.tex_xy, np.array([0.0, 0.0, 1.0]))
+    t = np.array([0.0, 0.0, 70.0])
+    plain = render_head(model, app, 0, 0, 0, t, camera)
+    wide = render_head(model, app, 0, 0, 0, t, camera, shape_scale=(1.1, 1.0, 1.0))
+    ratio = (wide.face_box[2] - wide.face_box[0]) / (plain.face_box[2] - plain.face_box[0])
+    assert ratio == pytest.approx(1.1, abs=0.01)
+    assert wide.face_box[3] - wide.face_box[1] == pytest.approx(
+        plain.face_box[3] - plain.face_box[1], rel=0.01
+    )
+    with pytest.raises(ValueError, match="shape_scale must be positive"):
+        render_head(model, app, 0, 0, 0, t, camera, shape_scale=(1.0, 0.0, 1.0))
+
+
+def test_unrenderable_items_are_skipped_counted_and_named(tmp_path, capsys):
+    # Faces wider than the image put the head behind the camera for some draws.
+    config = SceneConfig(width=64, height=64, face_fraction=(0.4, 6.0))
+    write_dataset(tmp_path, 8, seed=5, config=config, progress=False)
+    meta = json.loads((tmp_path / "synth.json").read_text())
+    rows = list(csv.DictReader(open(tmp_path / "index.csv", encoding="utf-8")))
+    assert 0 < len(meta["skipped"]) < 8
+    assert meta["count"] == len(rows) == 8 - len(meta["skipped"])
+    assert all("behind the camera" in s for s in meta["skipped"])
+    assert sorted(p.stem for p in tmp_path.glob("*.jpg")) == [r["name"] for r in rows]
+    assert f"skipped {len(meta['skipped'])} of 8 images" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="no image could be rendered"):
+        write_dataset(tmp_path / "none", 2, config=SceneConfig(face_fraction=(40.0, 50.0)))

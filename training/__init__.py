@@ -1,0 +1,1 @@
+"""Offline training: datasets, occlusion synthesis, synthetic renderer, trainer, evaluation."""

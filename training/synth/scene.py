@@ -1,0 +1,464 @@
+"""Scene sampling: poses, identities (texture variants), lighting, placement, backgrounds.
+
+Everything random takes a ``numpy.random.Generator`` so one seed fixes one image.
+Nothing here downloads: backgrounds are the non-face photos that ship inside
+scikit-image and scikit-learn, plus procedural gradients and noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+from training.synth.mesh import astronaut_photo, load_face_mesh
+from training.synth.renderer import Appearance, Camera
+
+#: Photos inside scikit-image (and scikit-learn's sample images) without faces.
+SKIMAGE_BACKGROUNDS = (
+    "brick",
+    "coffee",
+    "chelsea",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "rocket",
+    "horse",
+    "text",
+    "retina",
+    "cell",
+    "logo",
+    "colorwheel",
+    "chessboard",
+)
+
+#: Skin tones (RGB) spanning light to dark, used to shift the astronaut's skin.
+SKIN_TONES = np.array(
+    [
+        (236, 198, 170),
+        (224, 172, 140),
+        (198, 134, 100),
+        (170, 112, 80),
+        (141, 85, 60),
+        (110, 66, 45),
+        (80, 50, 35),
+        (230, 185, 150),
+    ],
+    dtype=np.float32,
+)
+
+#: Hair colours (RGB) for the head ellipsoid.
+HAIR_COLOURS = np.array(
+    [(30, 25, 22), (60, 42, 30), (100, 70, 45), (160, 120, 70), (200, 170, 110), (120, 120, 120)],
+    dtype=np.float32,
+)
+
+
+@dataclass(frozen=True)
+class PoseDistribution:
+    """Distribution of (yaw, pitch, roll) in degrees; every draw is clipped to +-limit.
+
+    The default resembles 300W-LP's spread: yaw spread over the whole +-90 range
+    (face profiling fills the profiles) with a frontal bump, pitch and roll mostly
+    within +-30 with tails.
+
+    Attributes:
+        kind: ``"300wlp"`` (mixture above) or ``"uniform"`` (uniform in the ranges).
+        yaw_range, pitch_range, roll_range: half-ranges (deg) for ``"uniform"`` and for
+            the uniform part of ``"300wlp"`` yaw.
+        pitch_std, roll_std, yaw_frontal_std: standard deviations (deg) of the normal parts.
+        frontal_fraction: share of ``"300wlp"`` yaw drawn from the frontal normal.
+        limit: hard clip (deg); 99 is the bin range of the model.
+    """
+
+    kind: str = "300wlp"
+    yaw_range: float = 90.0
+    pitch_range: float = 40.0
+    roll_range: float = 35.0
+    pitch_std: float = 14.0
+    roll_std: float = 10.0
+    yaw_frontal_std: float = 25.0
+    frontal_fraction: float = 0.35
+    limit: float = 99.0
+
+    def sample(self, rng: np.random.Generator) -> tuple[float, float, float]:
+        """One (yaw, pitch, roll) in degrees."""
+        if self.kind == "uniform":
+            yaw = rng.uniform(-self.yaw_range, self.yaw_range)
+            pitch = rng.uniform(-self.pitch_range, self.pitch_range)
+            roll = rng.uniform(-self.roll_range, self.roll_range)
+        elif self.kind == "300wlp":
+            if rng.random() < self.frontal_fraction:
+                yaw = rng.normal(0.0, self.yaw_frontal_std)
+            else:
+                yaw = rng.uniform(-self.yaw_range, self.yaw_range)
+            pitch = rng.normal(0.0, self.pitch_std)
+            roll = rng.normal(0.0, self.roll_std)
+        else:
+            raise ValueError(f"unknown pose distribution {self.kind!r} (use '300wlp' or 'uniform')")
+        lim = self.limit
+        return (
+            float(np.clip(yaw, -lim, lim)),
+            float(np.clip(pitch, -lim, lim)),
+            float(np.clip(roll, -lim, lim)),
+        )
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Knobs of the image sampler (sizes in pixels, angles in degrees).
+
+    Attributes:
+        width, height: output size.
+        hfov_deg: horizontal field of view of the pinhole camera.
+        face_fraction: range of the face width (temple to temple) as a fraction of
+            the image width.
+        center_jitter: maximum offset of the face centre from the image centre, as a
+            fraction of the image size.
+        jpeg_quality: range of JPEG qualities (the artefacts of the final encode).
+        noise_std: range of the std of additive Gaussian sensor noise (0..255 scale).
+        head: draw the skull/hair ellipsoid and neck behind the face.
+        shape_jitter: face-shape variation: the head model is scaled by
+            ``1 + U(-shape_jitter, shape_jitter)`` independently along its width,
+            height and depth (0 = the canonical shape).
+        poses: the pose distribution.
+    """
+
+    width: int = 224
+    height: int = 224
+    hfov_deg: float = 30.0
+    face_fraction: tuple[float, float] = (0.38, 0.6)
+    center_jitter: float = 0.08
+    jpeg_quality: tuple[int, int] = (60, 95)
+    noise_std: tuple[float, float] = (0.0, 4.0)
+    head: bool = True
+    shape_jitter: float = 0.08
+    poses: PoseDistribution = field(default_factory=PoseDistribution)
+
+    def camera(self) -> Camera:
+        return Camera.from_fov(self.width, self.height, self.hfov_deg)
+
+
+@lru_cache(maxsize=1)
+def _background_photos() -> tuple[np.ndarray, ...]:
+    """Non-face RGB photos shipped with scikit-image / scikit-learn (cached)."""
+    from skimage import data
+
+    photos = []
+    for name in SKIMAGE_BACKGROUNDS:
+        try:
+            img = getattr(data, name)()
+        except Exception:
+            continue
+        img = np.asarray(img)
+        if img.dtype != np.uint8:
+            img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(
+                np.uint8
+            )
+        if img.ndim == 2:
+            img = np.repeat(img[..., None], 3, axis=2)
+        photos.append(np.ascontiguousarray(img[..., :3]))
+    try:
+        from sklearn.datasets import load_sample_images
+
+        photos.extend(np.ascontiguousarray(im) for im in load_sample_images().images)
+    except Exception:
+        pass
+    if not photos:
+        raise RuntimeError("no background photos found in scikit-image / scikit-learn")
+    return tuple(photos)
+
+
+@lru_cache(maxsize=4)
+def _photos_for_size(side: int) -> tuple[np.ndarray, ...]:
+    """The background photos shrunk so their short side is at most ``side`` (speed)."""
+    out = []
+    for photo in _background_photos():
+        scale = side / min(photo.shape[:2])
+        if scale < 1:
+            photo = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        out.append(np.ascontiguousarray(photo))
+    return tuple(out)
+
+
+def random_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """An RGB uint8 ``(height, width, 3)`` background: photo crop, gradient or noise."""
+    kind = rng.choice(4, p=[0.55, 0.15, 0.15, 0.15])
+    if kind == 0:  # crop of a photo, randomly scaled, flipped and blurred
+        photos = _photos_for_size(2 * max(width, height))
+        photo = photos[int(rng.integers(len(photos)))]
+        ph, pw = photo.shape[:2]
+        frac = rng.uniform(0.3, 1.0)
+        ch = max(8, int(ph * frac))
+        cw = max(8, min(pw, int(ch * width / height)))
+        y0 = int(rng.integers(0, ph - ch + 1))
+        x0 = int(rng.integers(0, pw - cw + 1))
+        crop = photo[y0 : y0 + ch, x0 : x0 + cw]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        img = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            sigma = rng.uniform(0.5, 3.0)
+            img = cv2.GaussianBlur(img, (0, 0), sigma)
+        return np.ascontiguousarray(img)
+    if kind == 1:  # linear colour gradient
+        c0, c1 = rng.uniform(0, 255, size=(2, 3))
+        angle = rng.uniform(0, 2 * math.pi)
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        proj = xx * math.cos(angle) + yy * math.sin(angle)
+        s = (proj - proj.min()) / max(float(np.ptp(proj)), 1e-6)
+        img = c0[None, None, :] * (1 - s[..., None]) + c1[None, None, :] * s[..., None]
+        return np.clip(img, 0, 255).astype(np.uint8)
+    if kind == 2:  # smooth coloured noise (blobs)
+        small = rng.uniform(0, 255, size=(int(rng.integers(3, 12)), int(rng.integers(3, 12)), 3))
+        img = cv2.resize(small.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+        return np.clip(img, 0, 255).astype(np.uint8)
+    # flat colour with fine noise
+    base = rng.uniform(0, 255, size=3)
+    img = base[None, None, :] + rng.normal(0, rng.uniform(2, 25), size=(height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class TextureBase:
+    """The astronaut face texture cropped to the face (cheaper to recolour)."""
+
+    rgb: np.ndarray  # (h, w, 3) uint8
+    tex_xy: np.ndarray  # (V, 2) float32 in the crop
+    skin_mask: np.ndarray  # (h, w) float32, 1 on the face region
+
+
+@lru_cache(maxsize=2)
+def texture_base(mirrored: bool = False) -> TextureBase:
+    """Astronaut texture, optionally mirrored (photo and UVs mirrored consistently).
+
+    Mirroring flips the photo left-right and gives vertex ``i`` the mirrored texture
+    position of its mirror vertex, so the *texture* is mirrored while the geometry
+    and therefore every label stays the same.
+    """
+    mesh = load_face_mesh()
+    photo = astronaut_photo()
+    tex_xy = mesh.tex_xy.astype(np.float64)
+    if mirrored:
+        photo = np.ascontiguousarray(photo[:, ::-1])
+        w = photo.shape[1]
+        tex_xy = tex_xy[mesh.mirror].copy()
+        tex_xy[:, 0] = (w - 1) - tex_xy[:, 0]
+    margin = 6
+    x0 = max(int(tex_xy[:, 0].min()) - margin, 0)
+    y0 = max(int(tex_xy[:, 1].min()) - margin, 0)
+    x1 = min(int(tex_xy[:, 0].max()) + margin + 1, photo.shape[1])
+    y1 = min(int(tex_xy[:, 1].max()) + margin + 1, photo.shape[0])
+    crop = np.ascontiguousarray(photo[y0:y1, x0:x1])
+    local = (tex_xy - [x0, y0]).astype(np.float32)
+    # Skin mask: the face polygon minus eyes, brows and lips (their colour is kept).
+    mask = np.zeros(crop.shape[:2], np.uint8)
+    hull = cv2.convexHull(local.astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1)
+    lm = local[mesh.landmarks68].astype(np.int32)
+    for part in (slice(17, 22), slice(22, 27), slice(36, 42), slice(42, 48), slice(48, 60)):
+        cv2.fillConvexPoly(mask, cv2.convexHull(lm[part]), 0)
+    crop = _repair_face_outline(crop, mask, local, lm)
+    skin = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 2.0)
+    for array in (crop, local, skin):
+        array.setflags(write=False)
+    return TextureBase(crop, local, skin)
+
+
+def _repair_face_outline(
+    rgb: np.ndarray, skin_mask: np.ndarray, tex_xy: np.ndarray, lm: np.ndarray
+) -> np.ndarray:
+    """Replace the texels along the face outline (below the brows) by inpainted skin.
+
+    The photo is frontal, so the sides of the mesh (cheeks toward the ears) map onto a
+    sliver of texels at the face outline, which partly shows the grey backdrop and
+    hair; rendered at a yaw, that sliver is stretched into pale streaks. The outer
+    band (6 px of the ~100 px face) below the brows, and any clearly non-skin texel
+    (Mahalanobis distance in CIELAB > 3) in a 12 px band, are inpainted from the skin
+    next to them (OpenCV Telea). Above the brows the hair fringe is kept.
+    """
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float64)
+    inner = cv2.erode(skin_mask, np.ones((19, 19), np.uint8))
+    samples = lab[inner > 0]
+    mean = samples.mean(axis=0)
+    cov_inv = np.linalg.inv(np.cov(samples.T) + np.eye(3))
+    diff = lab - mean
+    dist = np.sqrt(np.einsum("hwi,ij,hwj->hw", diff, cov_inv, diff))
+    hull = np.zeros_like(skin_mask)
+    cv2.fillConvexPoly(hull, cv2.convexHull(tex_xy.astype(np.int32)), 1)
+    hull = np.maximum(hull, skin_mask)
+    outer6 = (hull > 0) & (cv2.erode(hull, np.ones((13, 13), np.uint8)) == 0)
+    outer12 = (hull > 0) & (cv2.erode(hull, np.ones((25, 25), np.uint8)) == 0)
+    below_brows = np.arange(rgb.shape[0])[:, None] > lm[17:27, 1].max()
+    repair = (below_brows & (outer6 | (outer12 & (dist > 3.0)))).astype(np.uint8)
+    # Everything outside the face hull below the brows is also filled, so bilinear
+    # sampling at the very edge does not pick up the backdrop.
+    repair |= ((hull == 0) & below_brows).astype(np.uint8)
+    if not repair.any():
+        return rgb
+    return cv2.inpaint(np.ascontiguousarray(rgb), repair, 5, cv2.INPAINT_TELEA)
+
+
+def random_texture(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
+    """A new identity-like texture: mirroring, skin-tone shift and colour jitter.
+
+    The skin-tone shift keeps the astronaut's shading (L channel detail) and moves
+    the skin's mean colour toward a sampled tone in CIELAB, so darker and lighter
+    skins keep the photo's real features.
+
+    Returns:
+        ``(rgb uint8, tex_xy float32 (V, 2), info dict)``.
+    """
+    mirrored = bool(rng.random() < 0.5)
+    base = texture_base(mirrored)
+    info = {"mirrored": mirrored, "skin_tone": -1}
+    img = base.rgb.astype(np.float32) / 255.0
+    if rng.random() < 0.7:
+        tone_index = int(rng.integers(len(SKIN_TONES)))
+        info["skin_tone"] = tone_index
+        lab = cv2.cvtColor(img, cv2.COLOR_RGB2LAB)
+        target = cv2.cvtColor(SKIN_TONES[tone_index][None, None, :] / 255.0, cv2.COLOR_RGB2LAB)[
+            0, 0
+        ]
+        skin = base.skin_mask
+        weight = skin / max(float(skin.sum()), 1.0)
+        mean = np.einsum("hw,hwc->c", weight, lab)
+        strength = rng.uniform(0.6, 1.0)
+        shift = (target - mean) * strength
+        lab = lab + skin[..., None] * shift[None, None, :]
+        lab[..., 0] = np.clip(lab[..., 0], 0, 100)
+        img = cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+    # Colour / illumination jitter: per-channel gain, brightness, contrast, gamma.
+    gain = rng.uniform(0.85, 1.15, size=3).astype(np.float32)
+    contrast = rng.uniform(0.8, 1.2)
+    gamma = rng.uniform(0.8, 1.25)
+    img = np.clip(img * gain, 0, 1)
+    img = np.clip((img - 0.5) * contrast + 0.5, 0, 1) ** gamma
+    rgb = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return rgb, base.tex_xy, info
+
+
+def random_appearance(rng: np.random.Generator) -> tuple[Appearance, dict]:
+    """Texture + Lambertian light + head colours for one image."""
+    texture, tex_xy, info = random_texture(rng)
+    # Light from the front hemisphere (3DDFA camera frame: z toward the viewer).
+    az = rng.uniform(-70, 70)
+    el = rng.uniform(-40, 60)
+    light = np.array(
+        [
+            math.sin(math.radians(az)) * math.cos(math.radians(el)),
+            math.sin(math.radians(el)),
+            math.cos(math.radians(az)) * math.cos(math.radians(el)),
+        ]
+    )
+    ambient = rng.uniform(0.3, 0.65)
+    diffuse = rng.uniform(0.35, 0.8)
+    # Skin colour of the head ellipsoid's lower part: the texture's mean skin.
+    skin = texture_base(info["mirrored"]).skin_mask
+    skin_rgb = tuple(
+        float(v) for v in np.einsum("hw,hwc->c", skin / skin.sum(), texture.astype(np.float32))
+    )
+    hair = HAIR_COLOURS[int(rng.integers(len(HAIR_COLOURS)))] * rng.uniform(0.8, 1.2)
+    app = Appearance(
+        texture=texture,
+        tex_xy=tex_xy,
+        light_dir=light,
+        ambient=float(ambient),
+        diffuse=float(diffuse),
+        hair_rgb=tuple(float(v) for v in np.clip(hair, 0, 255)),
+        skin_rgb=skin_rgb,
+    )
+    info.update({"light_azimuth": float(az), "light_elevation": float(el)})
+    return app, info
+
+
+def placement(
+    rng: np.random.Generator, camera: Camera, face_width_cm: float, config: SceneConfig
+) -> np.ndarray:
+    """Position ``t`` (cm, optical frame) of the head origin from size/centre jitter."""
+    frac = rng.uniform(*config.face_fraction)
+    depth = camera.fx * face_width_cm / (frac * camera.width)
+    du = rng.uniform(-config.center_jitter, config.center_jitter) * camera.width
+    dv = rng.uniform(-config.center_jitter, config.center_jitter) * camera.height
+    return np.array([du * depth / camera.fx, dv * depth / camera.fy, depth])
+
+
+@dataclass
+class SynthSample:
+    """One rendered, labelled image (before JPEG encoding).
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB.
+        angles: ``(3,)`` degrees (yaw, pitch, roll), the exact label.
+        landmarks: ``(68, 2)`` projected iBUG-68-like points (pixels).
+        box: ``(4,)`` x1, y1, x2, y2 of the projected face mesh (pixels).
+        shape_scale: ``(3,)`` scale of the head model along x, y, z (face shape).
+        t_cm: ``(3,)`` head-model origin in the optical frame (cm).
+        camera: the pinhole camera.
+        jpeg_quality: JPEG quality to encode with.
+        info: texture/lighting details for the manifest.
+    """
+
+    image: np.ndarray
+    angles: np.ndarray
+    landmarks: np.ndarray
+    box: np.ndarray
+    t_cm: np.ndarray
+    camera: Camera
+    jpeg_quality: int
+    info: dict
+    shape_scale: np.ndarray = field(default_factory=lambda: np.ones(3))
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of image ``index`` of a dataset with ``seed`` (order-independent)."""
+    return np.random.default_rng([int(seed), int(index)])
+
+
+def render_sample(
+    rng: np.random.Generator,
+    config: SceneConfig,
+    angles: tuple[float, float, float] | None = None,
+    background: np.ndarray | None = None,
+) -> SynthSample:
+    """Draw a pose (unless ``angles`` is given), identity, light, placement; render."""
+    from training.synth.renderer import build_head_model, composite, render_head
+
+    camera = config.camera()
+    model = build_head_model(config.head)
+    yaw, pitch, roll = config.poses.sample(rng) if angles is None else angles
+    appearance, info = random_appearance(rng)
+    j = config.shape_jitter
+    shape_scale = 1.0 + rng.uniform(-j, j, size=3) if j > 0 else np.ones(3)
+    info["shape_scale"] = [float(v) for v in shape_scale]
+    t = placement(rng, camera, model.face.width_cm * shape_scale[0], config)
+    if background is None:
+        background = random_background(rng, camera.width, camera.height)
+    result = render_head(model, appearance, yaw, pitch, roll, t, camera, shape_scale)
+    image = composite(result, background)
+    noise = rng.uniform(*config.noise_std) if rng.random() < 0.5 else 0.0
+    if noise > 0:
+        image = np.clip(
+            image.astype(np.float32) + noise * rng.standard_normal(image.shape, dtype=np.float32),
+            0,
+            255,
+        ).astype(np.uint8)
+    quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+    return SynthSample(
+        image=image,
+        angles=np.array([yaw, pitch, roll]),
+        landmarks=result.landmarks,
+        box=result.face_box,
+        t_cm=t,
+        camera=camera,
+        jpeg_quality=quality,
+        info=info,
+        shape_scale=shape_scale,
+    )

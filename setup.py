@@ -53,6 +53,7 @@ setup(
         "console_scripts": [
             "pose_node = lechpe_ros.pose_node:main",
             "camera_replay = lechpe_ros.camera_replay:main",
+            "lechpe-e2e-bench = lechpe_ros.e2e_bench:main",
             "lechpe-demo = lechpe_ros.demo:main",
             "lechpe-train = training.train:main",
             "lechpe-eval = training.evaluate:main",

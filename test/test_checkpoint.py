@@ -197,6 +197,26 @@ def test_pickle_file_is_rejected_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+def test_header_length_starting_with_pickle_byte_still_loads(model, tmp_path):
+    # The 8-byte little-endian header length of a valid file may begin with 0x80,
+    # the byte that starts a raw pickle; such a file must load, not be refused.
+    path = tmp_path / "x80.safetensors"
+    for pad in range(256):
+        save_checkpoint(path, model, training_config={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    else:
+        pytest.fail("no padding produced a header length whose low byte is 0x80")
+    loaded, _ = load_checkpoint(path)
+    np.testing.assert_array_equal(_outputs(loaded)[0], _outputs(model)[0])
+
+
+def test_input_size_is_recorded(model, tmp_path):
+    path = tmp_path / "small.safetensors"
+    assert save_checkpoint(path, model, input_size=96).input_size == 96
+    assert read_metadata(path).input_size == 96
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

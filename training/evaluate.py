@@ -44,16 +44,7 @@ DEFAULT_METHOD = "LEC-HPE (ours)"
 
 
 def model_input_size(meta) -> int:
-    """Input side the model was trained with (the training config wins over the default field)."""
-    trained = (meta.training_config or {}).get("model", {}).get("input_size")
-    if trained and int(trained) != int(meta.input_size):
-        LOG.warning(
-            "checkpoint metadata says input_size %s but it was trained at %s; using %s",
-            meta.input_size,
-            trained,
-            trained,
-        )
-        return int(trained)
+    """Input side the model was trained with (recorded by ``save_checkpoint``)."""
     return int(meta.input_size)
 
 

@@ -218,21 +218,7 @@ def freeze_early_blocks(net: nn.Module, trainable_blocks: int | None) -> list[nn
 
 def save_model(path: str, net: nn.Module, config: dict) -> None:
     """``lechpe_model.checkpoint.save_checkpoint`` with the training input size recorded."""
-    import inspect
-
-    size = int(config["model"]["input_size"])
-    kwargs = {}
-    if "input_size" in inspect.signature(save_checkpoint).parameters:
-        kwargs["input_size"] = size
-    meta = save_checkpoint(path, net, config, **kwargs)
-    if int(meta.input_size) != size:
-        LOG.warning(
-            "%s: metadata records input_size %d but the model was trained at %d px; "
-            "lechpe-eval uses the training config's value, other consumers may not",
-            path,
-            meta.input_size,
-            size,
-        )
+    save_checkpoint(path, net, config, input_size=int(config["model"]["input_size"]))
 
 
 def set_train_mode(net: nn.Module, freeze_bn: bool, frozen: Sequence[nn.Module] = ()) -> None:

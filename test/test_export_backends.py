@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,6 +131,7 @@ def test_backend_metadata_and_names(torch_backend, ort_backend, model_files):
 
 def test_onnxruntime_from_checkpoint_exports_once_into_cache(model_files, tmp_path):
     ckpt, onnx_path = model_files
+    ckpt = Path(shutil.copy(ckpt, tmp_path / "alone.safetensors"))  # no sibling .onnx
     first = backends.create_backend("onnxruntime", ckpt, cache_dir=tmp_path)
     cached = list((tmp_path / "onnx").glob("*.onnx"))
     assert cached == [first.onnx_path]
@@ -136,6 +139,20 @@ def test_onnxruntime_from_checkpoint_exports_once_into_cache(model_files, tmp_pa
     stamp = cached[0].stat().st_mtime_ns
     second = backends.create_backend("onnxruntime", ckpt, cache_dir=tmp_path)
     assert second.onnx_path == cached[0] and cached[0].stat().st_mtime_ns == stamp
+
+
+def test_shipped_sibling_onnx_is_used_only_when_exported_from_the_checkpoint(
+    model_files, tmp_path, caplog
+):
+    ckpt, onnx_path = model_files  # tiny.onnx was exported from tiny.safetensors
+    cache = tmp_path / "cache"
+    assert backends.onnx_for_model(ckpt, cache_dir=cache) == onnx_path
+    assert not (cache / "onnx").exists()  # nothing exported: no torch needed
+    other = random_checkpoint(tmp_path / "other.safetensors", "resnet18", num_clusters=4, seed=7)
+    shutil.copy(onnx_path, tmp_path / "other.onnx")  # a stale export beside a new checkpoint
+    with caplog.at_level(logging.WARNING):
+        used = backends.onnx_for_model(other, cache_dir=cache)
+    assert used.parent == cache / "onnx" and "was not exported from" in caplog.text
 
 
 def test_auto_prefers_onnxruntime_without_tensorrt(model_files, caplog):

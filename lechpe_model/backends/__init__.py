@@ -152,8 +152,15 @@ def onnx_for_model(model_path: str | Path, cache_dir: str | Path | None = None) 
     model_path = Path(model_path)
     if model_path.suffix.lower() == ".onnx":
         return model_path
-    from lechpe_model.export import export_onnx, file_sha256
+    from lechpe_model.export import SOURCE_HASH_KEY, export_onnx, file_sha256
 
+    # A shipped export next to the checkpoint (the embedded default model has one)
+    # serves robots without torch, as long as it was exported from these bytes.
+    sibling = model_path.with_suffix(".onnx")
+    if sibling.is_file():
+        if _onnx_properties(sibling).get(SOURCE_HASH_KEY) == file_sha256(model_path):
+            return sibling
+        LOG.warning("%s was not exported from %s; ignoring it", sibling, model_path)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     target = folder / "onnx" / f"{model_path.stem}-{file_sha256(model_path)[:16]}.onnx"
     if not target.is_file():
@@ -177,22 +184,25 @@ def read_onnx_metadata(onnx_path: str | Path) -> ModelMetadata:
         ValueError: the file carries no ``lechpe_metadata`` (not exported by us).
     """
     onnx_path = Path(onnx_path)
-    props: dict[str, str] = {}
-    if importlib.util.find_spec("onnx") is not None:
-        import onnx
-
-        model = onnx.load(str(onnx_path), load_external_data=False)
-        props = {p.key: p.value for p in model.metadata_props}
-    else:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        props = dict(session.get_modelmeta().custom_metadata_map)
+    props = _onnx_properties(onnx_path)
     if METADATA_KEY not in props:
         raise ValueError(
             f"{onnx_path}: no {METADATA_KEY!r} in the ONNX metadata; export it with lechpe-export"
         )
     return ModelMetadata.from_dict(json.loads(props[METADATA_KEY]), source=str(onnx_path))
+
+
+def _onnx_properties(onnx_path: Path) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file (the ``onnx`` package, else ONNX Runtime)."""
+    if importlib.util.find_spec("onnx") is not None:
+        import onnx
+
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
 
 
 def _module_present(name: str) -> bool:

@@ -9,12 +9,12 @@ Several cameras run in ONE node that shares one inference engine (docs/NODE.md,
 Arguments override the params file (default: the package's config/pose.yaml).
 """
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from launch import LaunchDescription
 from lechpe_ros.parameters import launch_overrides
 
 ARGUMENTS = (

@@ -53,9 +53,8 @@ def test_backend_and_sim_time():
 
 def _launch_packages_missing() -> str | None:
     try:  # the repo's own launch/ folder is a namespace package: import the real API
-        from launch_ros.actions import Node  # noqa: F401
-
         from launch import LaunchDescription  # noqa: F401
+        from launch_ros.actions import Node  # noqa: F401
     except ImportError as exc:
         return (
             f"the ROS 2 launch/launch_ros packages are not installed ({exc}); they come with a "
@@ -84,9 +83,8 @@ def test_launch_description_declares_the_arguments(description):
 
 
 def test_launch_description_builds_the_node(description):
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
-
     from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
     context = LaunchContext()
     context.launch_configurations["params_file"] = str(

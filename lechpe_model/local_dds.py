@@ -1,7 +1,8 @@
 """Environment that confines ROS 2 / DDS traffic to this machine.
 
 Used by the test suite and the demo (never by the node on a robot): localhost
-discovery, a shared-memory-only Fast DDS profile and a private domain id.
+discovery (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST), a shared-memory-only Fast DDS
+profile (no UDP transport at all) and a private domain id.
 Kept ROS-free so it can run before rclpy is imported.
 """
 
@@ -28,8 +29,9 @@ def local_dds_environment(domain_id: int | None = None) -> dict[str, str]:
     profile = str(shm_profile_path())
     return {
         "ROS_DOMAIN_ID": str(domain_id),
+        # Jazzy's switch; the deprecated ROS_LOCALHOST_ONLY would override it with a
+        # warning on every start, and the shared-memory profile blocks UDP anyway.
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_LOCALHOST_ONLY": "1",
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
         "FASTDDS_DEFAULT_PROFILES_FILE": profile,
         "FASTRTPS_DEFAULT_PROFILES_FILE": profile,
@@ -39,5 +41,6 @@ def local_dds_environment(domain_id: int | None = None) -> dict[str, str]:
 def apply_local_dds_environment(domain_id: int | None = None) -> dict[str, str]:
     """Set :func:`local_dds_environment` in ``os.environ`` (inherited by child processes)."""
     env = local_dds_environment(domain_id)
+    os.environ.pop("ROS_LOCALHOST_ONLY", None)
     os.environ.update(env)
     return env

@@ -506,7 +506,9 @@ def test_default_model_pose_within_tolerance(assets, client):
                 np.abs(np.array(predicted) - [float(gt[k]) for k in ("yaw", "pitch", "roll")])
             )
         mae = np.mean(errors, axis=0)
-        assert np.all(mae < 15.0), f"per-angle MAE (yaw, pitch, roll) {mae} deg"
+        # The default model's synthetic test-set MAE is 2.7-4.3 deg per angle
+        # (docs/RESULTS.md); 12 frames are noisy, so allow about twice that.
+        assert np.all(mae < 8.0), f"per-angle MAE (yaw, pitch, roll) {mae} deg"
     finally:
         client.watch.remove(proc)
         proc.kill()

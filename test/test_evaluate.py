@@ -50,7 +50,7 @@ def test_eval_occluded_only_matches_direct_forward(tmp_path):
     torch.manual_seed(0)
     net = LECHPENet("mobilenet_v3_small", num_clusters=2)
     ckpt = tmp_path / "m.safetensors"
-    save_checkpoint(ckpt, net, training_config={"model": {"input_size": 64}})
+    save_checkpoint(ckpt, net, training_config={"model": {"input_size": 64}}, input_size=64)
     data = tmp_path / "data"
     write_300wlp(
         str(data),
@@ -80,17 +80,55 @@ def test_eval_occluded_only_matches_direct_forward(tmp_path):
     occ = summary["sets"]["occluded"]
     assert occ["faces"] == 5 and occ["excluded_out_of_range"] == 1
     net.eval()
-    errs = []
+    errs, spreads = [], []
     for s in load_dataset(str(data)).samples:
         x = torch.from_numpy(preprocess_face(cv2.imread(s.image_path), s.box, input_size=64))
         with torch.no_grad():
-            angles = net(x)[0][0].numpy()
+            angles, uncertainty, _ = (t[0].numpy() for t in net(x))
         errs.append(np.abs(angles - s.angles))
+        spreads.append(uncertainty)
     expected = np.mean(errs, axis=0)
     got = [occ["mae"][a] for a in ("yaw", "pitch", "roll")]
     np.testing.assert_allclose(got, expected, atol=1e-3)
+    rows = [r for r in csv.DictReader(open(out / "predictions.csv")) if r["valid"] == "1"]
+    written = [[float(r[f"unc_{a}"]) for a in ("yaw", "pitch", "roll")] for r in rows]
+    np.testing.assert_allclose(written, spreads, atol=2e-3)
+    assert set(occ["calibration"]) == {
+        "mean_uncertainty",
+        "spearman_uncertainty_vs_error",
+        "mean_confidence",
+        "spearman_confidence_vs_error",
+    }
+    assert occ["calibration"]["mean_uncertainty"]["yaw"] == pytest.approx(
+        np.mean(spreads, axis=0)[0], abs=1e-3
+    )
     header = list(csv.reader(open(out / "results.csv")))[0]
     assert header == ["Pandora", "Occluded Yaw", "Occluded Pitch", "Occluded Roll", "Occluded MAE"]
+
+
+def test_calibration_signs_follow_the_error():
+    rng = np.random.default_rng(0)
+    target = rng.uniform(-60, 60, (50, 3))
+    err = rng.uniform(0, 10, (50, 3))
+    q_sharp, q_flat = np.eye(4)[rng.integers(0, 4, 50)] * 0.96 + 0.01, np.full((50, 4), 0.25)
+    # uncertainty grows with the error; confidence falls with it (sharp q where error is small)
+    result = {
+        "valid": np.ones(50, bool),
+        "target": target,
+        "angles": target + err,
+        "uncertainty": 2.0 * err + 1.0,
+        "q": np.where((err.mean(1) < 5)[:, None], q_sharp, q_flat),
+    }
+    cal = evaluate.calibration(result)
+    assert all(v == pytest.approx(1.0) for v in cal["spearman_uncertainty_vs_error"].values())
+    assert cal["spearman_confidence_vs_error"] < -0.5
+    assert cal["mean_uncertainty"]["roll"] == pytest.approx(np.mean(2.0 * err[:, 2] + 1.0))
+    assert evaluate.normalised_confidence(q_flat)[0] == pytest.approx(0.0)
+    result["uncertainty"] = -result["uncertainty"]  # the wrong direction is reported as such
+    assert all(
+        v == pytest.approx(-1.0)
+        for v in evaluate.calibration(result)["spearman_uncertainty_vs_error"].values()
+    )
 
 
 def test_elbow_table_on_separated_latents(tmp_path):

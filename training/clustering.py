@@ -53,7 +53,9 @@ def run_inference(
     """Network outputs for every item of ``dataset`` (model put in eval mode, then restored).
 
     Returns:
-        dict with ``angles`` (N, 3) predicted degrees, ``target`` (N, 3) labels,
+        dict with ``angles`` (N, 3) predicted degrees, ``uncertainty`` (N, 3)
+        degrees (standard deviation of each bin softmax, as ``LECHPENet.forward``),
+        ``target`` (N, 3) labels,
         ``latent`` (N, D) float32, ``q`` (N, K), ``valid`` (N,) bool (False for
         unreadable images, whose rows are zeros), ``occluded`` (N,) bool.
     """
@@ -75,7 +77,8 @@ def run_inference(
 
         loader = tqdm(loader, desc=desc, unit="batch", leave=False)
     rows: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("index", "angles", "target", "latent", "q", "valid", "occluded")
+        k: []
+        for k in ("index", "angles", "uncertainty", "target", "latent", "q", "valid", "occluded")
     }
     for batch in loader:
         x = batch["image"].to(info.device, non_blocking=True)
@@ -85,10 +88,12 @@ def run_inference(
             enabled=amp and info.device.type == "cuda",
         ):
             out = net.forward_train(x)
-        logits = out.logits.float()
-        angles = (torch.softmax(logits, dim=-1) * net.bin_centers).sum(dim=-1)
+        probs = torch.softmax(out.logits.float(), dim=-1)
+        angles = (probs * net.bin_centers).sum(dim=-1)
+        spread = (probs * (net.bin_centers - angles.unsqueeze(-1)).pow(2)).sum(dim=-1).sqrt()
         rows["index"].append(batch["index"])
         rows["angles"].append(angles.cpu())
+        rows["uncertainty"].append(spread.cpu())
         rows["target"].append(batch["angles"])
         rows["latent"].append(out.latent.float().cpu())
         rows["q"].append(out.q.float().cpu())
@@ -98,7 +103,7 @@ def run_inference(
         net.train()
     n = len(dataset)
     k, d = int(net.num_clusters), int(net.latent_dim)
-    widths = {"index": None, "angles": 3, "target": 3, "latent": d, "q": k}
+    widths = {"index": None, "angles": 3, "uncertainty": 3, "target": 3, "latent": d, "q": k}
     local: dict[str, torch.Tensor] = {}
     for key, parts in rows.items():
         if parts:
@@ -111,7 +116,7 @@ def run_inference(
             local[key] = torch.zeros(0, widths[key])
     result: dict[str, np.ndarray] = {}
     index = torch.cat(all_gather_rows(local["index"], info)).numpy()
-    for key in ("angles", "target", "latent", "q", "valid", "occluded"):
+    for key in ("angles", "uncertainty", "target", "latent", "q", "valid", "occluded"):
         gathered = torch.cat(all_gather_rows(local[key], info)).numpy()
         full = np.zeros((n,) + gathered.shape[1:], dtype=gathered.dtype)
         full[index] = gathered

@@ -14,8 +14,11 @@ Writes to ``--out``:
   (4.086 + 5.778) / 2 = 4.932).  With only ``--occluded-data`` (Pandora) the
   table has the occluded columns only (Table III layout); with only
   ``--data``, the non-occluded columns.
-* ``predictions.csv``: key, set, ground truth and prediction per face;
-* ``summary.json``: the numbers, counts of used / excluded / unreadable items;
+* ``predictions.csv``: key, set, ground truth, prediction, uncertainty (deg),
+  cluster and confidence per face;
+* ``summary.json``: the numbers, counts of used / excluded / unreadable items,
+  and per set whether the uncertainty and confidence outputs track the error
+  (mean values and Spearman rank correlations with the absolute error);
 * ``error_vs_angle.png``: mean |error| against the ground-truth angle;
 * ``tsne.png``: t-SNE of the latents coloured by cluster and by clean/occluded
   (Fig. 1b style; at most ``--tsne-max`` points, seeded).
@@ -119,6 +122,42 @@ def evaluate_sets(
     return out
 
 
+def normalised_confidence(q: np.ndarray) -> np.ndarray:
+    """``1 - entropy(q) / log K`` per row: the confidence the runtime publishes."""
+    q = np.clip(np.asarray(q, dtype=np.float64), 1e-12, 1.0)
+    return 1.0 - (-(q * np.log(q)).sum(axis=1)) / np.log(q.shape[1])
+
+
+def calibration(result: dict) -> dict:
+    """Do the uncertainty / confidence outputs track the error? (per set)
+
+    Returns mean uncertainty per angle, the Spearman rank correlation of each
+    angle's uncertainty with its absolute error (> 0: larger spread, larger
+    error, as it should be), the mean confidence and its correlation with the
+    mean absolute error (< 0 is the useful direction).
+    """
+    from scipy.stats import spearmanr
+
+    valid = np.asarray(result["valid"], dtype=bool)
+    err = np.abs(result["angles"] - result["target"])[valid]
+    unc = np.asarray(result["uncertainty"])[valid]
+    conf = normalised_confidence(result["q"])[valid]
+
+    def rank_corr(a: np.ndarray, b: np.ndarray) -> float:
+        if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+            return float("nan")
+        return float(spearmanr(a, b)[0])
+
+    return {
+        "mean_uncertainty": {a: float(unc[:, k].mean()) for k, a in enumerate(ANGLE_NAMES)},
+        "spearman_uncertainty_vs_error": {
+            a: rank_corr(unc[:, k], err[:, k]) for k, a in enumerate(ANGLE_NAMES)
+        },
+        "mean_confidence": float(conf.mean()) if len(conf) else float("nan"),
+        "spearman_confidence_vs_error": rank_corr(conf, err.mean(axis=1)),
+    }
+
+
 def table_columns(set_names: Sequence[str]) -> list[str]:
     cols = []
     if "non_occluded" in set_names:
@@ -215,16 +254,19 @@ def write_predictions(evaluation: dict, out_dir: str) -> str:
             ["key", "set", "valid"]
             + [f"gt_{a}" for a in ANGLE_NAMES]
             + [f"pred_{a}" for a in ANGLE_NAMES]
-            + ["cluster"]
+            + [f"unc_{a}" for a in ANGLE_NAMES]
+            + ["cluster", "confidence"]
         )
         for name, s in evaluation["sets"].items():
             r = s["result"]
+            confidence = normalised_confidence(r["q"])
             for i, key in enumerate(s["keys"]):
                 writer.writerow(
                     [key, name, int(r["valid"][i])]
                     + [f"{v:.3f}" for v in r["target"][i]]
                     + [f"{v:.3f}" for v in r["angles"][i]]
-                    + [int(np.argmax(r["q"][i]))]
+                    + [f"{v:.3f}" for v in r["uncertainty"][i]]
+                    + [int(np.argmax(r["q"][i])), f"{confidence[i]:.4f}"]
                 )
     return path
 
@@ -289,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "excluded_out_of_range": s["excluded"],
                 "skipped_bad_items": s["skipped"],
                 "unreadable_images": s["unreadable"],
+                "calibration": calibration(s["result"]),
             }
             for name, s in sets.items()
         },
@@ -303,6 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{name}: {s['faces']} faces, {s['excluded_out_of_range']} excluded (|angle| > 99), "
             f"{s['skipped_bad_items']} bad items, {s['unreadable_images']} unreadable images"
+        )
+        cal = s["calibration"]
+        print(
+            f"{name}: mean uncertainty (yaw/pitch/roll) "
+            + "/".join(f"{v:.1f}" for v in cal["mean_uncertainty"].values())
+            + " deg, Spearman(uncertainty, |error|) "
+            + "/".join(f"{v:+.2f}" for v in cal["spearman_uncertainty_vs_error"].values())
+            + f", mean confidence {cal['mean_confidence']:.3f}"
         )
     return 0
 

@@ -87,3 +87,16 @@ def test_installed_pose_node_help_runs_without_ros_graph(workspace: Path):
     result = _sourced(workspace, f"{node} --help")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "image_topic" in result.stdout
+
+
+def test_default_model_and_dds_profile_installed_with_the_library(workspace: Path):
+    result = _sourced(
+        workspace,
+        f"{sys.executable} -c 'import lechpe_model.default_model as d, lechpe_model.local_dds as l; "
+        "print(d.default_model_path()); print(l.shm_profile_path())'",
+    )
+    assert result.returncode == 0, result.stderr
+    model, profile = (Path(line) for line in result.stdout.split())
+    install = workspace / "install" / "lechpe_ros"
+    assert install in model.parents and install in profile.parents
+    assert model.with_suffix(".onnx").is_file()

@@ -485,9 +485,7 @@ def run(args: argparse.Namespace) -> dict:
         for key, value in params.items():
             if value != "":  # empty: the node's default (e.g. the shipped model)
                 node_cmd += ["-p", f"{key}:={value}"]
-        print(
-            "lechpe-demo: starting pose_node (first start exports the model to ONNX; may take a minute)"
-        )
+        print("lechpe-demo: starting pose_node (loading the model takes a few seconds)")
         node = Child("pose_node", node_cmd, out / "pose_node.log")
         children.append(node)
         listener.wait(listener.summary, args.start_timeout, "pose_node to start", children)

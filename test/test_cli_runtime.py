@@ -144,16 +144,21 @@ def test_infer_bad_arguments(files, tmp_path, capsys):
     assert "unknown backend" in capsys.readouterr().err
 
 
-def test_infer_default_model_message(files, capsys):
-    from lechpe_model.default_model import DefaultModelMissing, default_model_path
+def test_infer_default_model_message(files, capsys, monkeypatch):
+    from lechpe_model import default_model
 
-    try:
-        default_model_path()
-        pytest.skip("the default model is installed")
-    except DefaultModelMissing:
-        pass
+    monkeypatch.setattr(default_model, "DEFAULT_MODEL_NAME", "absent.safetensors")
     assert infer.main([str(files["image"])]) == 1
-    assert "default model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "default model" in err and "absent.safetensors" in err and "--model" in err
+
+
+def test_infer_with_the_embedded_default_model_on_a_real_photo(files, tmp_path):
+    # The astronaut looks almost straight into the camera, slightly down.
+    jsonl = tmp_path / "poses.jsonl"
+    assert infer.main([str(files["image"]), "--jsonl", str(jsonl)]) == 0
+    (face,) = read_jsonl(jsonl)[0]["faces"]
+    assert abs(face["yaw"]) < 15 and abs(face["pitch"]) < 15 and abs(face["roll"]) < 15
 
 
 def test_infer_console_module_in_a_subprocess(files, tmp_path, repo_root):

@@ -124,6 +124,8 @@ class EstimateResult:
             faces dropped for non-finite outputs).
         detected: faces found by the detector before ``max_faces``.
         dropped: faces removed because their box or outputs were not finite.
+        reused_detections: the boxes came from an earlier frame of the same
+            stream (``detect_every`` > 1), the detector did not run.
     """
 
     faces: list[FacePose] = field(default_factory=list)
@@ -131,6 +133,7 @@ class EstimateResult:
     error: str | None = None
     detected: int = 0
     dropped: int = 0
+    reused_detections: bool = False
 
 
 def confidence_from_assignment(q: np.ndarray) -> np.ndarray:
@@ -156,6 +159,11 @@ class PoseEstimator:
             calibrated ``crop_margin``.
         shift_y: crop centre shift (fraction of box height); ``None`` = detector's.
         max_side: frames larger than this (px a side) are refused.
+        detect_every: run the face detector on one frame in N of each stream and
+            reuse its boxes for the next N - 1 frames (1: every frame). Detection
+            is the costliest stage after the network; reusing boxes trades their
+            lag behind a moving head (N - 1 frames) for speed. A frame whose
+            reused boxes held no face, or whose size changed, is detected anew.
     """
 
     def __init__(
@@ -166,10 +174,16 @@ class PoseEstimator:
         margin: float | None = None,
         shift_y: float | None = None,
         max_side: int = DEFAULT_MAX_SIDE,
+        detect_every: int = 1,
     ) -> None:
+        if int(detect_every) < 1:
+            raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         self.detector = detector
         self.backend = backend
         self.max_faces = int(max_faces)
+        self.detect_every = int(detect_every)
+        # stream -> (frame shape, detections, frames served since the detector ran)
+        self._recent: dict[object, tuple[tuple[int, ...], list[FaceDetection], int]] = {}
         self.margin = float(detector.crop_margin if margin is None else margin)
         self.shift_y = float(detector.crop_shift_y if shift_y is None else shift_y)
         self.max_side = int(max_side)
@@ -202,15 +216,17 @@ class PoseEstimator:
         result.timings_ms = {"decode": decode_ms, **result.timings_ms}
         return result
 
-    def estimate(self, image: np.ndarray) -> EstimateResult:
+    def estimate(self, image: np.ndarray, stream: object = None) -> EstimateResult:
         """Poses of the faces in one frame; never raises (see ``EstimateResult.error``).
 
         Args:
             image: ``(H, W, 3)`` uint8 BGR, or any input ``image_checks.to_bgr8`` accepts.
+            stream: which camera the frame comes from (any hashable); boxes are
+                only reused within one stream (``detect_every``).
         """
         result = EstimateResult()
         try:
-            self._estimate(image, result)
+            self._estimate(image, result, stream)
         except Exception as exc:  # last line of defence: a frame never kills the caller
             LOG.exception("pose estimation failed on a frame")
             result.faces = []
@@ -218,7 +234,24 @@ class PoseEstimator:
         return result
 
     # ---------------------------------------------------------------- internal
-    def _estimate(self, image: np.ndarray, result: EstimateResult) -> None:
+    def _detect(self, bgr: np.ndarray, stream: object, result: EstimateResult):
+        """Detections for this frame: the detector's, or the stream's recent ones."""
+        recent = self._recent.get(stream)
+        if (
+            recent is not None
+            and recent[0] == bgr.shape
+            and recent[1]
+            and recent[2] < self.detect_every - 1
+        ):
+            self._recent[stream] = (recent[0], recent[1], recent[2] + 1)
+            result.reused_detections = True
+            return recent[1]
+        detections = self.detector.detect(bgr)
+        if self.detect_every > 1:
+            self._recent[stream] = (bgr.shape, detections, 0)
+        return detections
+
+    def _estimate(self, image: np.ndarray, result: EstimateResult, stream: object = None) -> None:
         timings = result.timings_ms
         start = time.perf_counter()
         try:
@@ -231,7 +264,7 @@ class PoseEstimator:
 
         start = time.perf_counter()
         try:
-            detections = self.detector.detect(bgr)
+            detections = self._detect(bgr, stream, result)
         except Exception as exc:
             timings["detect"] = (time.perf_counter() - start) * 1e3
             result.error = f"face detector {self.detector.name} failed: {type(exc).__name__}: {exc}"

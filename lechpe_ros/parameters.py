@@ -138,6 +138,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("max_faces", 10, "int", "Largest faces estimated per frame.", range=(1, 64)),
     ParamSpec(
+        "detect_every",
+        1,
+        "int",
+        "Run the face detector on one frame in N per camera and reuse its boxes for the "
+        "next N-1 frames (they lag a moving head by up to N-1 frames); 1: every frame.",
+        range=(1, 30),
+    ),
+    ParamSpec(
         "max_detection_side",
         0,
         "int",

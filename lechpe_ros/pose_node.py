@@ -126,7 +126,12 @@ def build_estimator(values: dict):
         )
     except Exception as exc:
         raise StartupError(f"cannot create face detector {values['detector']!r}: {exc}") from exc
-    estimator = PoseEstimator(detector=detector, backend=backend, max_faces=values["max_faces"])
+    estimator = PoseEstimator(
+        detector=detector,
+        backend=backend,
+        max_faces=values["max_faces"],
+        detect_every=values["detect_every"],
+    )
     try:  # first-call allocations / autotuning now, not on the first camera frame
         backend.warmup()
     except Exception as exc:
@@ -381,7 +386,8 @@ def _make_node_class():
                 log.warning(f"camera {cam.name}: rejected frame: {exc}", throttle_duration_sec=5.0)
                 return
             try:
-                result = self.estimator.estimate(bgr)  # never raises; see result.error
+                # never raises (see result.error); boxes are reused per camera only
+                result = self.estimator.estimate(bgr, stream=cam.name)
                 faces = list(result.faces)
                 if result.error and not faces and not result.dropped:
                     raise RuntimeError(result.error)  # the frame was not processed

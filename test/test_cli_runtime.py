@@ -212,6 +212,19 @@ def test_bench_rewrites_only_its_section(files, tmp_path, capsys):
     assert doc.read_text().count("## Inference runtime (lechpe-bench)") == 1
 
 
+def test_bench_non_network_share_is_amortised_with_detect_every():
+    # Three frames: the detector ran on the first only (9 ms), then reused boxes (0 ms).
+    samples = {s: [1.0, 1.0, 1.0] for s in bench.STAGE_COLUMNS}
+    samples.update(detect=[9.0, 0.0, 0.0], network=[40.0, 40.0, 40.0])
+    stats = bench.StageStats(samples=samples, wall_s=1.0, frames=3, faces=[1, 1, 1])
+    others = len(bench.STAGE_COLUMNS) - 2  # stages besides detect and network, 1 ms each
+    text, ratios = bench.format_model_section("m", [("onnxruntime", 1, stats)], detect_every=3)
+    assert ratios["non_network_onnxruntime"] == pytest.approx((others + 3.0) / 40.0)
+    assert "detector on 1 frame in 3" in text
+    _, per_frame = bench.format_model_section("m", [("onnxruntime", 1, stats)])
+    assert per_frame["non_network_onnxruntime"] == pytest.approx(others / 40.0)  # p50 of detect: 0
+
+
 def test_bench_frames_hold_the_requested_faces():
     from lechpe_model.detection import create_detector
 

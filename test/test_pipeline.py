@@ -232,3 +232,54 @@ def test_non_finite_network_outputs_are_dropped(tmp_path, detector, astronaut):
     result = PoseEstimator(detector, broken).estimate(astronaut)
     assert result.faces == [] and result.dropped == 1 and result.detected == 1
     assert "NaN or infinite" in result.error
+
+
+class CountingDetector:
+    """Passes every call to the real detector and counts them."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, 0
+        self.name, self.crop_margin, self.crop_shift_y = (
+            real.name,
+            real.crop_margin,
+            real.crop_shift_y,
+        )
+
+    def detect(self, image):
+        self.calls += 1
+        return self.real.detect(image)
+
+
+def test_detect_every_reuses_boxes_per_stream(detector, backend, astronaut):
+    counting = CountingDetector(detector)
+    est = PoseEstimator(counting, backend, detect_every=3)
+    every = PoseEstimator(detector, backend)
+    moved = np.roll(astronaut, 12, axis=1)  # the face moves; reused boxes lag behind
+    results = [est.estimate(frame, stream="front") for frame in (astronaut, moved, moved)]
+    assert counting.calls == 1
+    assert [r.reused_detections for r in results] == [False, True, True]
+    np.testing.assert_allclose(results[1].faces[0].box, results[0].faces[0].box)
+    # same boxes -> same crops -> the same angles as a fresh estimate of that frame
+    np.testing.assert_allclose(
+        results[0].faces[0].angles, every.estimate(astronaut).faces[0].angles
+    )
+    # another stream never sees these boxes; the 4th frame of "front" detects again
+    assert not est.estimate(moved, stream="back").reused_detections
+    assert counting.calls == 2
+    fourth = est.estimate(moved, stream="front")
+    assert not fourth.reused_detections and counting.calls == 3
+    np.testing.assert_allclose(fourth.faces[0].box, every.estimate(moved).faces[0].box)
+
+
+def test_detect_every_detects_again_after_an_empty_frame_or_a_new_size(
+    detector, backend, astronaut
+):
+    counting = CountingDetector(detector)
+    est = PoseEstimator(counting, backend, detect_every=5)
+    assert est.estimate(np.full((200, 200, 3), 127, np.uint8)).faces == []
+    assert not est.estimate(astronaut).reused_detections  # nothing to reuse: detect
+    assert est.estimate(astronaut).reused_detections
+    assert not est.estimate(cv2.resize(astronaut, (400, 400))).reused_detections  # new size
+    assert counting.calls == 3
+    with pytest.raises(ValueError, match="detect_every"):
+        PoseEstimator(detector, backend, detect_every=0)

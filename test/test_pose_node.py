@@ -467,7 +467,13 @@ def test_default_model_pose_within_tolerance(assets, client):
     if not path.is_file():
         pytest.skip(f"default model asset {path} is absent (trained by the lead, docs/RESULTS.md)")
     proc = NodeProcess(
-        _params(image_topics=["/default_cam/image_raw"], backend="onnxruntime", device="cpu")
+        # detect_every=2: half the frames reuse the previous frame's box (lag of one frame)
+        _params(
+            image_topics=["/default_cam/image_raw"],
+            backend="onnxruntime",
+            device="cpu",
+            detect_every=2,
+        )
         + ["-r", "__node:=lechpe_pose_default", "-r", "__ns:=/default"],
         assets["env"],
         assets["root"] / "default_node.log",
@@ -694,6 +700,7 @@ def test_two_cameras_share_one_node(assets, reference, client, multi_node):
     ("params", "expected"),
     [
         ({"max_faces": 0}, "max_faces"),
+        ({"detect_every": 0}, "detect_every"),
         ({"detection_threshold": 1.5}, "detection_threshold"),
         (
             {"backend": "magic"},

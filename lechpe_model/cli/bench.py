@@ -210,8 +210,15 @@ def describe_machine() -> str:
 # ---------------------------------------------------------------------- report
 
 
-def format_model_section(title: str, rows: list[tuple[str, int, StageStats]]) -> tuple[str, dict]:
-    """Markdown table of one model and the ratios derived from it."""
+def format_model_section(
+    title: str, rows: list[tuple[str, int, StageStats]], detect_every: int = 1
+) -> tuple[str, dict]:
+    """Markdown table of one model and the ratios derived from it.
+
+    With ``detect_every`` > 1 the detector runs on one frame in N, so the
+    non-network share uses the per-frame *mean* of each stage (the amortised
+    cost); the p50 of the detect column would hide the frames that detect.
+    """
     lines = [
         f"#### {title}",
         "",
@@ -236,7 +243,11 @@ def format_model_section(title: str, rows: list[tuple[str, int, StageStats]]) ->
     for backend in ("onnxruntime", "torch", "tensorrt"):
         stats = by_key.get((backend, 1))
         if stats and stats.p("network", 50) > 0:
-            other = sum(stats.p(s, 50) for s in STAGE_COLUMNS if s != "network")
+            others = [s for s in STAGE_COLUMNS if s != "network"]
+            if detect_every > 1:
+                other = sum(float(np.mean(stats.samples.get(s) or [0.0])) for s in others)
+            else:
+                other = sum(stats.p(s, 50) for s in others)
             ratios[f"non_network_{backend}"] = other / stats.p("network", 50)
     lines.append("")
     if "ort_speedup_b1" in ratios:
@@ -249,8 +260,11 @@ def format_model_section(title: str, rows: list[tuple[str, int, StageStats]]) ->
         key = f"non_network_{backend}"
         if key in ratios:
             verdict = "meets" if ratios[key] <= 0.15 else "misses"
+            how = (
+                f" (detector on 1 frame in {detect_every}, stage means)" if detect_every > 1 else ""
+            )
             lines.append(
-                f"- {backend}: everything except the network / network, one face: "
+                f"- {backend}: everything except the network / network, one face{how}: "
                 f"**{100 * ratios[key]:.0f}%** (target <= 15%: {verdict})"
             )
     return "\n".join(lines) + "\n", ratios
@@ -294,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--detect-side",
         type=int,
         help="longest side frames are scaled to for detection (default: the detector's)",
+    )
+    parser.add_argument(
+        "--detect-every",
+        type=int,
+        default=1,
+        help="run the detector on 1 frame in N and reuse its boxes (PoseEstimator detect_every)",
     )
     parser.add_argument(
         "--output", type=Path, help="Markdown file whose lechpe-bench section to rewrite"
@@ -341,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 print(f"lechpe-bench: skipping backend {name}: {exc}", file=sys.stderr)
                 continue
-            estimator = PoseEstimator(detector, backend, max_faces=max(batch_sizes))
+            estimator = PoseEstimator(
+                detector, backend, max_faces=max(batch_sizes), detect_every=args.detect_every
+            )
             for n in batch_sizes:
                 stats = time_frames(estimator, frames[n], args.repeats, args.warmup)
                 if min(stats.faces) != n:
@@ -357,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             backend.close()
-        text, ratios = format_model_section(title, rows)
+        text, ratios = format_model_section(title, rows, args.detect_every)
         sections.append(text)
         all_ratios[title] = ratios
     tmp.cleanup()
@@ -373,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Frame: 640x480 JPEG (quality 90) holding 1, 4 or 16 faces made from "
             f"scikit-image's astronaut photo; detector `{detector.name}` on the frame scaled "
-            f"to {detect_side} px (longest side); {args.threads} intra-op threads; "
+            f"to {detect_side} px (longest side)"
+            + (f", on 1 frame in {args.detect_every}" if args.detect_every > 1 else "")
+            + f"; {args.threads} intra-op threads; "
             f"{args.repeats} timed frames after {args.warmup} warm-up frames per row.",
             "",
             LOAD_NOTE,

@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lechpe_model.checkpoint import load_checkpoint, save_checkpoint
-from lechpe_model.losses import total_loss
+from lechpe_model.losses import soft_assignment, total_loss
 from lechpe_model.network import build_model
 from training.augment import AugmentConfig
 from training.checkpointing import (
@@ -510,6 +510,17 @@ class Trainer:
             )
         broadcast_tensor(centres, self.info)
         self.net.set_centroids(centres)
+        stage2_dec = self.p_schedule.mode == "dataset" and float(self.config["stage2"]["beta"]) > 0
+        if which == "stage2" and stage2_dec:
+            # The first DEC target needs Q of the stage-2 set under these weights: the
+            # latents k-means just used, against the new centroids; no second pass.
+            with torch.no_grad():
+                q = soft_assignment(
+                    torch.as_tensor(result["latent"]), centres.to(torch.float32)
+                ).numpy()
+            q[~result["valid"]] = 0.0  # as the inference pass leaves unreadable rows
+            self.p_schedule.update(q, 0)
+            LOG.info("target P (#1) from the k-means latents of %d faces", len(latents))
 
     # ------------------------------------------------------------------ one stage
 

@@ -198,6 +198,21 @@ class Client:
                     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{logs}")
                 self.cond.wait(min(remaining, 0.5))
 
+    def wait_connected(self, publisher, topics: list[str], timeout: float = 60.0) -> None:
+        """Wait until DDS matched our publisher to the node and the node's outputs to us.
+
+        A reliable, volatile publisher drops what it sends before it is matched, so a
+        frame sent once right after creating the publisher could be lost.
+        """
+        self.wait_for(
+            lambda: (
+                publisher.get_subscription_count() > 0
+                and all(self.subscriptions[t].get_publisher_count() > 0 for t in topics)
+            ),
+            timeout,
+            f"DDS matching of {publisher.topic_name} and {', '.join(topics)}",
+        )
+
     def matched(self, topic: str, stamp) -> list:
         return [m for m in self.received[topic] if _stamp(m.header) == stamp]
 
@@ -488,6 +503,7 @@ def test_default_model_pose_within_tolerance(assets, client):
         pub = client.publisher("/default_cam/image_raw", Image)
         client.subscribe("/default/head_pose", PoseStamped)
         client.subscribe("/default/head_pose_faces", PointCloud2)
+        client.wait_connected(pub, ["/default/head_pose", "/default/head_pose_faces"])
         errors = []
         for i in range(NUM_FRAMES):
             stamp = (300 + i, 0)
@@ -526,6 +542,7 @@ def test_malformed_messages_interleaved_with_good_ones(assets, client, node):
     client.subscribe("/head_pose", PoseStamped)
     status = "lechpe_pose: camera camera0"
     client.wait_for(lambda: status in client.diag, 30, "camera diagnostics")
+    client.wait_connected(pub, ["/head_pose"])
     keys = (
         "received_frames",
         "lost_in_transport",
@@ -610,6 +627,7 @@ def test_debug_image_only_while_subscribed(assets, client, node):
     client.subscribe("/head_pose", PoseStamped)
     status = "lechpe_pose: camera camera0"
     stamp = (700, 0)
+    client.wait_connected(pub, ["/head_pose"])
     pub.publish(_frame_msg(assets, 2, stamp))
     client.wait_for(
         lambda: client.matched("/head_pose", stamp), ANSWER_TIMEOUT, "pose without debug subscriber"

@@ -158,6 +158,32 @@ def mirror_euler(angles: np.ndarray) -> np.ndarray:
     return angles * np.array([-1.0, 1.0, -1.0])
 
 
+def rotate_in_image_plane(angles: np.ndarray, theta_deg) -> np.ndarray:
+    """Angles of the pose seen after rotating the image **clockwise** by ``theta_deg``.
+
+    Rotating an image about the camera's viewing axis rotates every head in it by
+    exactly that angle about the axis, so the new rotation is ``Rz(-theta) @ R`` in
+    the 3DDFA camera frame (z toward the viewer; a clockwise turn as seen is negative
+    about +z).  Only for a frontal head is this ``roll + theta``: a turned head also
+    changes yaw and pitch.  ``cv2.getRotationMatrix2D(centre, -theta_deg, 1)`` turns
+    the pixels the same way (OpenCV's positive angle is counter-clockwise as seen).
+
+    Args:
+        angles: ``(..., 3)`` degrees (yaw, pitch, roll).
+        theta_deg: clockwise in-plane rotation in degrees, scalar or broadcastable
+            to ``angles[..., 0]``.
+
+    Returns:
+        ``(..., 3)`` degrees (yaw, pitch, roll) of the rotated pose.
+    """
+    angles = np.asarray(angles, dtype=np.float64)
+    theta = np.broadcast_to(np.asarray(theta_deg, dtype=np.float64), angles.shape[:-1])
+    matrix = euler_to_matrix(angles[..., 0], angles[..., 1], angles[..., 2])
+    turn = Rotation.from_euler("z", -theta.reshape(-1), degrees=True).as_matrix()
+    turned = turn.reshape(theta.shape + (3, 3)) @ matrix
+    return matrix_to_euler(turned)
+
+
 def mirror_matrix(matrix: np.ndarray) -> np.ndarray:
     """Rotation of the mirrored pose, computed geometrically (used by tests)."""
     return _MIRROR_X @ np.asarray(matrix, dtype=np.float64) @ _MIRROR_X

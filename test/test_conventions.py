@@ -235,3 +235,30 @@ def test_conventions_picture_renders(repo_root, tmp_path):
     out = module.draw(tmp_path / "conventions.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (repo_root / "docs/img/conventions.png").exists()
+
+
+def test_rotate_in_image_plane_frontal_is_roll_shift():
+    from lechpe_model.conventions import rotate_in_image_plane
+
+    out = rotate_in_image_plane(np.array([0.0, 0.0, 10.0]), 25.0)
+    np.testing.assert_allclose(out, [0.0, 0.0, 35.0], atol=1e-9)
+
+
+def test_rotate_in_image_plane_matches_projected_points():
+    """A turned head's projected landmarks, rotated in the image, equal the projection
+    of the head posed with the returned angles (orthographic camera, y up)."""
+    from lechpe_model.conventions import euler_to_matrix, rotate_in_image_plane
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(20, 3))
+    for yaw, pitch, roll, theta in [(50, -20, 5, 30), (-70, 15, -10, -45), (20, 30, 0, 90)]:
+        before = (euler_to_matrix(yaw, pitch, roll) @ points.T).T[:, :2]
+        t = np.radians(theta)
+        # Clockwise as seen with x right and y up.
+        turn2d = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])
+        expected = before @ turn2d.T
+        new = rotate_in_image_plane(np.array([yaw, pitch, roll], float), theta)
+        after = (euler_to_matrix(*new) @ points.T).T[:, :2]
+        np.testing.assert_allclose(after, expected, atol=1e-9)
+        # and it is not the naive roll shift for a turned head
+        assert not np.allclose(new, [yaw, pitch, roll + theta], atol=0.5)

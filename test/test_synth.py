@@ -382,3 +382,185 @@ def test_unrenderable_items_are_skipped_counted_and_named(tmp_path, capsys):
     assert f"skipped {len(meta['skipped'])} of 8 images" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="no image could be rendered"):
         write_dataset(tmp_path / "none", 2, config=SceneConfig(face_fraction=(40.0, 50.0)))
+
+
+# ---------------------------------------------------------------- identities
+
+
+def _identity_with(seed: int, key: str, predicate) -> int:
+    """The first identity id whose parameter ``key`` satisfies ``predicate``."""
+    from training.synth.identity import identity_params
+
+    return next(k for k in range(500) if predicate(identity_params(seed, k)[key]))
+
+
+def test_identity_is_a_pure_function_of_seed_and_id():
+    from training.synth import identity as ident
+
+    a = ident.build_identity(0, 5)
+    ident.build_identity.cache_clear()
+    b = ident.build_identity(0, 5)
+    assert a is not b
+    assert a.params == b.params == ident.identity_params(0, 5)
+    np.testing.assert_array_equal(a.face_vertices, b.face_vertices)
+    np.testing.assert_array_equal(a.texture, b.texture)
+    assert ident.identity_params(1, 5) != a.params  # another identity seed, another person
+    c = ident.build_identity(0, 6)
+    # Different identities differ in shape (mm-scale displacements) and in appearance.
+    shape_diff = np.linalg.norm(a.face_vertices - c.face_vertices, axis=1)
+    assert shape_diff.max() > 0.1 and shape_diff.mean() > 0.02
+    assert not np.array_equal(a.texture, c.texture)
+    # Deformations stay bounded (plausible faces): a few millimetres, at most ~1.5 cm.
+    canonical = load_face_mesh().vertices
+    for k in range(30):
+        d = np.linalg.norm(ident.build_identity(0, k).face_vertices - canonical, axis=1)
+        assert d.max() < 1.6
+    with pytest.raises(ValueError, match="identity id must be >= 0"):
+        ident.identity_params(0, -1)
+
+
+def test_skin_tones_span_light_to_dark_and_follow_the_parameter():
+    from scipy.stats import spearmanr
+
+    from training.synth.identity import build_identity
+
+    tones, lightness = [], []
+    for k in range(40):
+        ident = build_identity(0, k)
+        skin = np.asarray(ident.skin_rgb, np.float32)[None, None] / 255.0
+        lightness.append(cv2.cvtColor(skin, cv2.COLOR_RGB2LAB)[0, 0, 0])
+        tones.append(ident.params["skin_tone"])
+    assert max(lightness) - min(lightness) > 40  # CIELAB L from light to dark skin
+    assert spearmanr(tones, lightness)[0] < -0.9
+
+
+def test_procedural_texture_is_not_the_photo():
+    from training.synth.identity import build_identity
+
+    k = _identity_with(0, "texture", lambda t: t == "procedural")
+    tex = build_identity(0, k).texture
+    photo = texture_base(False).rgb
+    assert tex.shape == photo.shape
+    g1 = cv2.cvtColor(tex, cv2.COLOR_RGB2GRAY).astype(float)
+    g2 = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY).astype(float)
+    # High-pass detail of the photo is absent from the procedural texture.
+    hp = lambda g: g - cv2.GaussianBlur(g, (0, 0), 3)  # noqa: E731
+    assert np.corrcoef(hp(g1).ravel(), hp(g2).ravel())[0, 1] < 0.5
+
+
+@pytest.mark.parametrize("angles", [(0.0, 0.0, 0.0), (-50.0, 15.0, 12.0), (70.0, -10.0, -5.0)])
+def test_solvepnp_recovers_the_label_for_identities_with_expressions(tmp_path, angles):
+    config = SceneConfig(width=224, height=224, identities=(0, 50), expression_prob=1.0)
+    sample = render_sample(sample_rng(3, 1), config, angles=angles, identity=7)
+    assert sample.identity == 7 and sample.info["expression"] != "neutral"
+    write_sample(tmp_path, "s", sample)
+    mat = scipy.io.loadmat(tmp_path / "s.mat")
+    assert mat["identity"].shape == (1, 1) and int(mat["identity"][0, 0]) == 7
+    object_points = mat["pt3d_model"].T
+    canonical = load_face_mesh().landmark_points() * mat["shape_scale"].ravel()
+    assert np.abs(object_points - canonical).max() > 0.2  # the landmarks moved with the mesh
+    ok, rvec, tvec = cv2.solvePnP(
+        object_points, mat["pt2d"].T.astype(np.float64), mat["cam_K"], None
+    )
+    assert ok
+    r_label = MODEL_TO_OPTICAL @ cv2.Rodrigues(rvec)[0]
+    assert _rotation_angle_deg(r_label, euler_to_matrix(*angles)) < 0.01
+    np.testing.assert_allclose(tvec.ravel(), mat["cam_t_cm"].ravel(), atol=0.01)
+
+
+def test_identity_dataset_round_trip_and_determinism(tmp_path):
+    config = SceneConfig(width=96, height=96, identities=(10, 13))
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_dataset(a, 7, seed=2, config=config, progress=False)
+    write_dataset(b, 7, seed=2, config=config, workers=2, progress=False)
+    for path in sorted(a.iterdir()):
+        assert path.read_bytes() == (b / path.name).read_bytes(), path.name
+    rows = list(csv.DictReader(open(a / "index.csv", encoding="utf-8")))
+    assert [int(r["identity"]) for r in rows] == [10 + i % 3 for i in range(7)]
+    for row in rows:
+        mat = scipy.io.loadmat(a / f"{row['name']}.mat")
+        assert int(mat["identity"][0, 0]) == int(row["identity"])
+    meta = json.loads((a / "synth.json").read_text())
+    assert meta["identities"]["range"] == [10, 13] and meta["identities"]["identity_seed"] == 0
+    params = json.loads((a / "identities.json").read_text())
+    from training.synth.identity import identity_params
+
+    assert params == {str(k): identity_params(0, k) for k in (10, 11, 12)}
+    # The same identity in two images: same texture choice and shape in the manifest.
+    same = [r for r in rows if r["identity"] == "10"]
+    assert len(same) == 3 and len({r["texture"] for r in same}) == 1
+    # Legacy mode keeps identity -1.
+    legacy = scipy.io.loadmat(
+        write_sample(tmp_path, "legacy", render_sample(sample_rng(1, 1), SceneConfig(96, 96)))
+        and tmp_path / "legacy.mat"
+    )
+    assert int(legacy["identity"][0, 0]) == -1
+
+
+def test_cli_identity_ranges_are_disjoint(tmp_path, capsys):
+    train, test = tmp_path / "train", tmp_path / "test"
+    common = ["--count", "6", "--size", "64", "--seed", "0"]
+    assert cli.main(["images", str(train), "--identity-range", "0:4", *common]) == 0
+    assert cli.main(["images", str(test), "--identity-range", "4:6", *common]) == 0
+
+    def ids(folder):
+        return {int(r["identity"]) for r in csv.DictReader(open(folder / "index.csv"))}
+
+    assert ids(train) == {0, 1, 2, 3} and ids(test) == {4, 5}
+    assert cli.main(["images", str(tmp_path / "n"), "--identities", "3", *common]) == 0
+    assert ids(tmp_path / "n") == {0, 1, 2}
+    assert cli.main(["images", str(tmp_path / "l"), "--identities", "0", *common]) == 0
+    assert ids(tmp_path / "l") == {-1}
+    with pytest.raises(SystemExit):
+        cli.main(["images", str(train), "--identity-range", "5:5"])
+    assert "identity range must be START:STOP" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="identity range must satisfy"):
+        SceneConfig(identities=(3, 1))
+
+
+def test_expressions_move_the_landmark_vertices():
+    from training.synth.identity import build_identity, expression_displacement
+
+    face = build_identity(0, 3).face_vertices
+    lm = IBUG68_VERTICES
+
+    def moved(**expr):
+        base = {"eyes_closed": 0.0, "mouth_open_cm": 0.0, "smile": 0.0} | expr
+        return face + expression_displacement(face, **base)
+
+    closed = moved(eyes_closed=1.0)
+    gap = lambda v: np.linalg.norm(v[lm[37]] - v[lm[41]])  # noqa: E731  upper lid - lower lid
+    assert gap(closed) < 0.2 * gap(face)
+    opened = moved(mouth_open_cm=1.2)
+    lips = lambda v: v[lm[62], 1] - v[lm[66], 1]  # noqa: E731  inner upper - inner lower
+    assert lips(opened) - lips(face) == pytest.approx(1.2, abs=0.25)
+    assert abs(opened[lm[27], 1] - face[lm[27], 1]) < 1e-6  # the upper face stays
+    smiling = moved(smile=1.0)
+    assert smiling[lm[48], 1] > face[lm[48], 1] + 0.2  # mouth corners rise
+    assert smiling[lm[54], 1] > face[lm[54], 1] + 0.2
+    assert smiling[lm[54], 0] - smiling[lm[48], 0] > face[lm[54], 0] - face[lm[48], 0]
+
+
+def test_glasses_are_drawn_in_front_and_hidden_behind_the_head():
+    from training.synth.identity import build_identity
+    from training.synth.renderer import RenderResult
+    from training.synth.scene import draw_glasses
+
+    k = _identity_with(0, "glasses", lambda g: g == "thin")
+    ident = build_identity(0, k)
+    camera = Camera.from_fov(128, 128, 30.0)
+    rot = MODEL_TO_OPTICAL @ euler_to_matrix(0, 0, 0)
+
+    def render(depth):
+        return RenderResult(
+            rgb=None, alpha=None, face_mask=None, landmarks=None, face_box=None,
+            vertices_uv=None, depth=np.full((128, 128), depth, np.float32),
+            rotation=rot, t=np.array([0.0, 0.0, 60.0]),
+        )  # fmt: skip
+
+    image = np.zeros((128, 128, 3), np.uint8)
+    drawn = draw_glasses(image, render(np.inf), ident.params, ident.face_vertices, camera)
+    assert np.count_nonzero(drawn.any(axis=2)) > 100
+    # A surface nearer than the glasses everywhere hides all of them.
+    hidden = draw_glasses(image, render(40.0), ident.params, ident.face_vertices, camera)
+    assert np.count_nonzero(hidden) == 0

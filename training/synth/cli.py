@@ -5,6 +5,7 @@ Subcommands::
     lechpe-synth images OUT --count N --seed S --size 224 [--workers 2] [--occluded-replica DIR]
     lechpe-synth sequence OUT --frames N --seed S --size 640x480 --fps 30
     lechpe-synth contact-sheet DIR OUT.png [--count 24 --columns 6]
+    lechpe-synth identities OUT.png [--count 48 --first 0 --identity-seed 0]
     lechpe-synth signs OUT.png
     lechpe-synth bench [--count 200 --size 224 --workers 2]
 """
@@ -46,6 +47,34 @@ def write_occluded(src_dir: Path, dst_dir: Path, seed: int) -> None:
     write_occluded_replica(str(src_dir), str(dst_dir), seed=seed)
 
 
+def parse_identity_range(text: str) -> tuple[int, int]:
+    """``"100:200"`` -> (100, 200): identities 100 .. 199."""
+    try:
+        start, stop = (int(p) for p in text.split(":"))
+    except ValueError:
+        start, stop = -1, -1
+    if start < 0 or stop <= start:
+        raise argparse.ArgumentTypeError(
+            f"identity range must be START:STOP with 0 <= START < STOP, got {text!r}"
+        )
+    return start, stop
+
+
+def identity_range_of(args) -> tuple[int, int] | None:
+    """The identity range chosen by ``--identity-range`` / ``--identities`` (None = legacy)."""
+    if getattr(args, "identity_range", None) is not None:
+        return args.identity_range
+    n = getattr(args, "identities", DEFAULT_IDENTITIES)
+    if n < 0:
+        raise SystemExit(f"lechpe-synth: --identities must be >= 0, got {n}")
+    return (0, n) if n > 0 else None
+
+
+#: Identities rendered by default (ids 0 .. 999); ``--identities 0`` = the legacy
+#: single-astronaut renderer.
+DEFAULT_IDENTITIES = 1000
+
+
 def _scene_config(args):
     from training.synth.scene import PoseDistribution, SceneConfig
 
@@ -55,6 +84,10 @@ def _scene_config(args):
         height=height,
         head=not args.no_head,
         poses=PoseDistribution(kind=args.poses),
+        identities=identity_range_of(args),
+        identity_seed=args.identity_seed,
+        expression_prob=args.expressions,
+        accessories=not args.no_accessories,
     )
 
 
@@ -95,6 +128,21 @@ def cmd_contact_sheet(args) -> int:
     return 0
 
 
+def cmd_identities(args) -> int:
+    from training.synth.contact_sheet import make_identity_sheet
+
+    out = make_identity_sheet(
+        args.out,
+        count=args.count,
+        columns=args.columns,
+        size=args.size,
+        identity_seed=args.identity_seed,
+        first=args.first,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_signs(args) -> int:
     from training.synth.contact_sheet import make_sign_figure
 
@@ -102,7 +150,13 @@ def cmd_signs(args) -> int:
     return 0
 
 
-def run_bench(count: int, size: tuple[int, int], workers: int, seed: int = 0) -> dict:
+def run_bench(
+    count: int,
+    size: tuple[int, int],
+    workers: int,
+    seed: int = 0,
+    identities: tuple[int, int] | None = None,
+) -> dict:
     """Images per second at ``size``.
 
     * render only, one process: wall clock and CPU time (``time.process_time``; on a
@@ -117,11 +171,11 @@ def run_bench(count: int, size: tuple[int, int], workers: int, seed: int = 0) ->
     from training.synth.dataset_writer import write_dataset
     from training.synth.scene import SceneConfig, render_sample, sample_rng
 
-    config = SceneConfig(width=size[0], height=size[1])
-    render_sample(sample_rng(seed, 0), config)  # warm caches (backgrounds, textures, mesh)
+    config = SceneConfig(width=size[0], height=size[1], identities=identities)
+    render_sample(sample_rng(seed, 0), config, identity=config.identity_of(0))  # warm caches
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for i in range(count):
-        render_sample(sample_rng(seed, i), config)
+        render_sample(sample_rng(seed, i), config, identity=config.identity_of(i))
     render_wall = time.perf_counter() - wall0
     render_cpu = time.process_time() - cpu0
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,6 +185,7 @@ def run_bench(count: int, size: tuple[int, int], workers: int, seed: int = 0) ->
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {
         "size": f"{size[0]}x{size[1]}",
+        "identities": list(identities) if identities else None,
         "count": count,
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(load, 2),
@@ -143,11 +198,31 @@ def run_bench(count: int, size: tuple[int, int], workers: int, seed: int = 0) ->
 
 
 def cmd_bench(args) -> int:
-    result = run_bench(args.count, args.size, args.workers, args.seed)
+    result = run_bench(args.count, args.size, args.workers, args.seed, identity_range_of(args))
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def _identity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--identities",
+        type=int,
+        default=DEFAULT_IDENTITIES,
+        metavar="N",
+        help=f"render identities 0..N-1 (default {DEFAULT_IDENTITIES}); 0 = the legacy "
+        "single astronaut texture",
+    )
+    p.add_argument(
+        "--identity-range",
+        type=parse_identity_range,
+        default=None,
+        metavar="START:STOP",
+        help="render identities START..STOP-1 (overrides --identities); use disjoint "
+        "ranges for train/val/test",
+    )
+    p.add_argument("--identity-seed", type=int, default=0, help="seed of the identity generator")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--poses", choices=("300wlp", "uniform"), default="300wlp", help="pose distribution"
     )
     p.add_argument("--no-head", action="store_true", help="face mesh only, no skull/hair")
+    _identity_args(p)
+    p.add_argument(
+        "--expressions",
+        type=float,
+        default=0.4,
+        metavar="P",
+        help="share of images with an expression (eyes closed, mouth open, smile)",
+    )
+    p.add_argument("--no-accessories", action="store_true", help="no glasses")
     p.add_argument(
         "--occluded-replica",
         type=Path,
@@ -195,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=int, default=6)
     p.set_defaults(func=cmd_contact_sheet)
 
+    p = sub.add_parser("identities", help="PNG grid of identities (one render each)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--count", type=int, default=48)
+    p.add_argument("--columns", type=int, default=8)
+    p.add_argument("--size", type=int, default=128, help="tile side in pixels")
+    p.add_argument("--first", type=int, default=0, help="first identity id")
+    p.add_argument("--identity-seed", type=int, default=0)
+    p.set_defaults(func=cmd_identities)
+
     p = sub.add_parser("signs", help="PNG showing which way +yaw/+pitch/+roll turn a render")
     p.add_argument("out", type=Path)
     p.add_argument("--degrees", type=float, default=25.0)
@@ -206,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    _identity_args(p)
     p.set_defaults(func=cmd_bench)
     return parser
 

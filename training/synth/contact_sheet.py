@@ -174,3 +174,49 @@ def make_sign_figure(out_png: Path | str, size: int = 256, degrees: float = 25.0
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def make_identity_sheet(
+    out_png: Path | str,
+    count: int = 48,
+    columns: int = 8,
+    size: int = 128,
+    identity_seed: int = 0,
+    first: int = 0,
+    seed: int = 0,
+) -> Path:
+    """PNG grid of identities ``first .. first + count - 1``, one render each.
+
+    Each tile: a moderate pose (|yaw| <= 35), the identity's expression draw, a plain
+    background, and the identity id written in the corner.
+    """
+    from training.synth.scene import PoseDistribution, SceneConfig, render_sample, sample_rng
+
+    config = SceneConfig(
+        width=size,
+        height=size,
+        identities=(first, first + count),
+        identity_seed=identity_seed,
+        face_fraction=(0.5, 0.55),
+        center_jitter=0.03,
+        noise_std=(0.0, 0.0),
+        poses=PoseDistribution(kind="uniform", yaw_range=35, pitch_range=12, roll_range=8),
+    )
+    tiles = []
+    for k in range(count):
+        rng = sample_rng(seed, k)
+        background = np.full((size, size, 3), 200 + 10 * (k % 2), np.uint8)
+        sample = render_sample(rng, config, background=background, identity=first + k)
+        tile = sample.image.copy()
+        cv2.putText(tile, str(first + k), (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        tiles.append(tile)
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    sheet = np.full((rows * size, columns * size, 3), 255, np.uint8)
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, columns)
+        sheet[r * size : (r + 1) * size, c * size : (c + 1) * size] = tile
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    return out

@@ -60,6 +60,10 @@ INDEX_COLUMNS = (
     "mirrored",
     "skin_tone",
     "jpeg_quality",
+    "identity",
+    "texture",
+    "expression",
+    "glasses",
 )
 
 
@@ -95,7 +99,10 @@ def sample_mat(sample: SynthSample) -> dict[str, np.ndarray]:
     from training.synth.mesh import load_face_mesh
     from training.synth.renderer import optical_rotation
 
-    points = load_face_mesh().landmark_points() * sample.shape_scale
+    if sample.landmarks_3d is not None:
+        points = np.asarray(sample.landmarks_3d, np.float64)
+    else:
+        points = load_face_mesh().landmark_points() * sample.shape_scale
     pts3d = points @ optical_rotation(yaw, pitch, roll).T + sample.t_cm
     return {
         "Pose_Para": pose_para.reshape(1, 7).astype(np.float32),
@@ -106,6 +113,8 @@ def sample_mat(sample: SynthSample) -> dict[str, np.ndarray]:
         "cam_t_cm": np.asarray(sample.t_cm, np.float64).reshape(1, 3),
         "angles_deg": np.asarray(sample.angles, np.float64).reshape(1, 3),
         "shape_scale": np.asarray(sample.shape_scale, np.float64).reshape(1, 3),
+        "identity": np.array([[int(sample.identity)]], dtype=np.int32),
+        "pt3d_model": points.T.astype(np.float64),
     }
 
 
@@ -127,6 +136,12 @@ def write_sample(out_dir: Path, name: str, sample: SynthSample) -> dict:
         "mirrored": int(sample.info.get("mirrored", False)),
         "skin_tone": sample.info.get("skin_tone", -1),
         "jpeg_quality": sample.jpeg_quality,
+        "identity": int(sample.identity),
+        "texture": sample.info.get(
+            "texture", "astronaut_mirrored" if sample.info.get("mirrored") else "astronaut"
+        ),
+        "expression": sample.info.get("expression", "neutral"),
+        "glasses": sample.info.get("glasses", "none"),
     }
 
 
@@ -143,7 +158,7 @@ def _render_and_write(job: tuple[str, int, int, SceneConfig]) -> dict:
     out_dir, seed, index, config = job
     name = image_name(index)
     try:
-        sample = render_sample(sample_rng(seed, index), config)
+        sample = render_sample(sample_rng(seed, index), config, identity=config.identity_of(index))
         return write_sample(Path(out_dir), name, sample)
     except (ValueError, OSError, cv2.error, RuntimeError) as exc:
         # One bad item must not end a long run: it is skipped, counted and named.
@@ -219,5 +234,20 @@ def write_dataset(
         "camera": {"fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy},
         "config": dataclasses.asdict(config),
     }
+    if config.identities is not None:
+        from training.synth.identity import IDENTITY_VERSION, identity_params
+
+        used = sorted({config.identity_of(i) for i in range(count)})
+        meta["identities"] = {
+            "version": IDENTITY_VERSION,
+            "identity_seed": int(config.identity_seed),
+            "range": list(config.identities),
+            "used": len(used),
+            "params_file": "identities.json",
+            "note": "identity k is a pure function of (identity_seed, k); "
+            "identities.json lists the parameters of the identities used",
+        }
+        params = {str(k): identity_params(config.identity_seed, k) for k in used}
+        (out / "identities.json").write_text(json.dumps(params) + "\n", encoding="utf-8")
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return index_path

@@ -363,6 +363,9 @@ class Appearance:
     diffuse: float = 0.65
     hair_rgb: tuple[float, float, float] = (60.0, 45.0, 35.0)
     skin_rgb: tuple[float, float, float] = (200.0, 150.0, 125.0)
+    #: Optional ``(V_head, 3)`` base colours of the skull + neck vertices (identities:
+    #: hairline, headwear); overrides ``hair_rgb``/``skin_rgb`` mixing when given.
+    head_rgb: np.ndarray | None = None
 
 
 @dataclass
@@ -376,6 +379,9 @@ class RenderResult:
         landmarks: ``(68, 2)`` float64 projected iBUG-68 points (pixels).
         face_box: ``(4,)`` float64 x1, y1, x2, y2 of all projected face vertices.
         vertices_uv: ``(V_face, 2)`` projected face vertices.
+        depth: ``(H, W)`` float32 optical depth (cm) of the drawn surface, inf elsewhere
+            (accessories such as glasses are depth-tested against it).
+        rotation, t: the model -> optical rotation and the translation used.
     """
 
     rgb: np.ndarray
@@ -384,6 +390,9 @@ class RenderResult:
     landmarks: np.ndarray
     face_box: np.ndarray
     vertices_uv: np.ndarray
+    depth: np.ndarray | None = None
+    rotation: np.ndarray | None = None
+    t: np.ndarray | None = None
 
 
 def render_head(
@@ -395,18 +404,32 @@ def render_head(
     t: np.ndarray,
     camera: Camera,
     shape_scale: np.ndarray | None = None,
+    face_vertices: np.ndarray | None = None,
+    cavity_triangles: np.ndarray | None = None,
 ) -> RenderResult:
     """Render the head at a pose (degrees) and position ``t`` (cm, optical frame).
 
     ``shape_scale`` ``(3,)`` scales the whole head model along its x (width), y
     (height) and z (depth) axes before the rotation: a different face shape with the
     same pose label (the landmarks are projected from the scaled mesh).
+    ``face_vertices`` ``(V_face, 3)`` replaces the face mesh's vertices (an identity's
+    shape and expression; normals are recomputed); ``cavity_triangles`` (face triangle
+    indices) are drawn as an open mouth (dark, teeth toward the upper lip) instead of
+    textured.
     """
     rot_label = euler_to_matrix(yaw, pitch, roll)
     rot = MODEL_TO_OPTICAL @ rot_label
     nf = model.n_face_vertices
     nn = model.n_neck_vertices
     vertices, normals = model.vertices, model.normals
+    if face_vertices is not None:
+        fv = np.asarray(face_vertices, dtype=np.float64)
+        if fv.shape != (nf, 3):
+            raise ValueError(f"face_vertices must have shape ({nf}, 3), got {fv.shape}")
+        vertices = np.concatenate([fv, vertices[nf:]])
+        normals = np.concatenate(
+            [vertex_normals(fv, model.triangles[: model.n_face_triangles]), normals[nf:]]
+        )
     if shape_scale is not None:
         scale = np.asarray(shape_scale, dtype=np.float64).reshape(3)
         if np.any(scale <= 0):
@@ -462,10 +485,13 @@ def render_head(
     attr[:nf, :2] = appearance.tex_xy
     attr[:nf, 2] = shade[:nf]
     if len(model.vertices) > nf:
-        hair_w = model.hair_weight[:, None]
-        hair_rgb = np.asarray(appearance.hair_rgb, np.float32)
-        skin_rgb = np.asarray(appearance.skin_rgb, np.float32)
-        head_rgb = (hair_w * hair_rgb + (1 - hair_w) * skin_rgb) * model.brightness[:, None]
+        if appearance.head_rgb is not None:
+            head_rgb = np.asarray(appearance.head_rgb, np.float32) * model.brightness[:, None]
+        else:
+            hair_w = model.hair_weight[:, None]
+            hair_rgb = np.asarray(appearance.hair_rgb, np.float32)
+            skin_rgb = np.asarray(appearance.skin_rgb, np.float32)
+            head_rgb = (hair_w * hair_rgb + (1 - hair_w) * skin_rgb) * model.brightness[:, None]
         attr[nf:] = head_rgb * shade[nf:, None]
     tri_verts = model.triangles[frags.triangle]  # (F, 3)
     bary = frags.bary
@@ -475,6 +501,7 @@ def render_head(
         + attr[tri_verts[:, 2]] * bary[:, 2:3]
     )
     is_face = frags.triangle < model.n_face_triangles
+    frag_shade = values[:, 2].copy()  # face fragments: interpolated shading
     colours = values  # head fragments already hold their colour
     if is_face.any():
         face_values = values[is_face]
@@ -494,8 +521,24 @@ def render_head(
         ).reshape(-1, 3)
         colours[is_face] = sampled[:n] * face_values[:, 2:3]
         face_mask[frags.pixel[is_face]] = True
+        if cavity_triangles is not None and len(cavity_triangles):
+            in_cavity = np.isin(frags.triangle, cavity_triangles)
+            if in_cavity.any():
+                from training.synth.identity import INNER_LIP_UPPER
+
+                # Teeth show just below the upper lip (corners excluded), dark inside.
+                upper = np.isin(tri_verts[in_cavity], INNER_LIP_UPPER[1:-1])
+                upper_w = (bary[in_cavity] * upper).sum(axis=1, keepdims=True)
+                teeth = np.clip((upper_w - 0.8) * 6.0, 0, 1)
+                mouth = (1 - teeth) * np.array([40, 16, 18], np.float32) + teeth * np.array(
+                    [200, 190, 172], np.float32
+                )
+                colours[in_cavity] = mouth * frag_shade[in_cavity, None]
     rgb[frags.pixel] = colours
     alpha[frags.pixel] = 1.0
+    # True (unbiased) depth of the visible surface, for depth-tested accessories.
+    zbuf = np.full(h * w, np.inf, np.float32)
+    zbuf[frags.pixel] = (depth[tri_verts] * bary).sum(axis=1)
 
     face_uv = uv[:nf]
     return RenderResult(
@@ -507,6 +550,9 @@ def render_head(
             [face_uv[:, 0].min(), face_uv[:, 1].min(), face_uv[:, 0].max(), face_uv[:, 1].max()]
         ),
         vertices_uv=face_uv,
+        depth=zbuf.reshape(h, w),
+        rotation=rot,
+        t=np.asarray(t, dtype=np.float64),
     )
 
 

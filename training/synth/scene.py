@@ -129,6 +129,15 @@ class SceneConfig:
             ``1 + U(-shape_jitter, shape_jitter)`` independently along its width,
             height and depth (0 = the canonical shape).
         poses: the pose distribution.
+        identities: ``(start, stop)``: render identities ``start .. stop - 1``
+            (:mod:`training.synth.identity`; image ``i`` of a dataset shows identity
+            ``start + i % (stop - start)``); ``None`` = the single astronaut texture
+            with per-image texture jitter (the renderer's original behaviour).
+        identity_seed: seed of the identity generator (identity ``k`` is a function
+            of ``(identity_seed, k)`` only).
+        expression_prob: share of images (identities only) with an expression (eyes
+            closed, mouth open, smile).
+        accessories: draw the identities' glasses.
     """
 
     width: int = 224
@@ -141,6 +150,26 @@ class SceneConfig:
     head: bool = True
     shape_jitter: float = 0.08
     poses: PoseDistribution = field(default_factory=PoseDistribution)
+    identities: tuple[int, int] | None = None
+    identity_seed: int = 0
+    expression_prob: float = 0.4
+    accessories: bool = True
+
+    def __post_init__(self) -> None:
+        if self.identities is not None:
+            start, stop = (int(v) for v in self.identities)
+            if start < 0 or stop <= start:
+                raise ValueError(
+                    f"identity range must satisfy 0 <= start < stop, got {start}:{stop}"
+                )
+            object.__setattr__(self, "identities", (start, stop))
+
+    def identity_of(self, index: int) -> int:
+        """Identity id of image ``index`` (-1 without identities)."""
+        if self.identities is None:
+            return -1
+        start, stop = self.identities
+        return start + int(index) % (stop - start)
 
     def camera(self) -> Camera:
         return Camera.from_fov(self.width, self.height, self.hfov_deg)
@@ -415,6 +444,8 @@ class SynthSample:
     jpeg_quality: int
     info: dict
     shape_scale: np.ndarray = field(default_factory=lambda: np.ones(3))
+    identity: int = -1
+    landmarks_3d: np.ndarray | None = None  # (68, 3) model frame (cm), as rendered
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -427,9 +458,20 @@ def render_sample(
     config: SceneConfig,
     angles: tuple[float, float, float] | None = None,
     background: np.ndarray | None = None,
+    identity: int | None = None,
 ) -> SynthSample:
-    """Draw a pose (unless ``angles`` is given), identity, light, placement; render."""
+    """Draw a pose (unless ``angles`` is given), identity, light, placement; render.
+
+    With ``config.identities`` the image shows identity ``identity`` (drawn from the
+    range with ``rng`` when ``None``); otherwise the astronaut texture with jitter.
+    """
     from training.synth.renderer import build_head_model, composite, render_head
+
+    if config.identities is not None:
+        if identity is None:
+            start, stop = config.identities
+            identity = int(rng.integers(start, stop))
+        return _render_identity_sample(rng, config, int(identity), angles, background)
 
     camera = config.camera()
     model = build_head_model(config.head)
@@ -461,4 +503,143 @@ def render_sample(
         jpeg_quality=quality,
         info=info,
         shape_scale=shape_scale,
+    )
+
+
+def _light_direction(rng: np.random.Generator) -> tuple[np.ndarray, float, float]:
+    az = rng.uniform(-70, 70)
+    el = rng.uniform(-40, 60)
+    light = np.array(
+        [
+            math.sin(math.radians(az)) * math.cos(math.radians(el)),
+            math.sin(math.radians(el)),
+            math.cos(math.radians(az)) * math.cos(math.radians(el)),
+        ]
+    )
+    return light, float(az), float(el)
+
+
+def draw_glasses(
+    image: np.ndarray, render, params: dict, face_vertices: np.ndarray, camera: Camera
+) -> np.ndarray:
+    """Draw an identity's glasses over ``image``, depth-tested against the head.
+
+    The frame is a set of 3D polylines in the head-model frame (``face_vertices``
+    already scaled); each sample point is projected with the render's pose and kept
+    only where it is nearer than the head surface at its pixel (or off the head), so
+    temples disappear behind the head and a far rim behind the nose.
+    """
+    from training.synth.identity import glasses_polylines
+    from training.synth.renderer import project
+
+    lines = glasses_polylines(params, face_vertices)
+    if not lines:
+        return image
+    out = image.copy()
+    h, w = image.shape[:2]
+    colour = tuple(float(c) for c in params["glasses_rgb"])
+    thick_cm = {"thin": 0.12, "thick": 0.35, "sunglasses": 0.3}[params["glasses"]]
+    for k, line in enumerate(lines):
+        uv, depth = project(line, render.rotation, render.t, camera)
+        cols = np.clip(np.round(uv[:, 0]).astype(int), 0, w - 1)
+        rows = np.clip(np.round(uv[:, 1]).astype(int), 0, h - 1)
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+        visible = ~inside | (depth <= render.depth[rows, cols] + 0.3)
+        if k < 2 and params["glasses"] == "sunglasses" or k < 2 and params["glasses"] == "thick":
+            # Lens: tinted (sunglasses) or a faint reflection, where it is in front.
+            mask = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(mask, [np.round(uv).astype(np.int32)], 1)
+            lens_depth = float(depth.mean())
+            mask &= (render.depth > lens_depth - 0.5).astype(np.uint8)
+            a = 0.75 if params["glasses"] == "sunglasses" else 0.08
+            tint = (20.0, 22.0, 25.0) if params["glasses"] == "sunglasses" else (235, 240, 245)
+            m = mask.astype(bool)
+            out[m] = np.clip(out[m] * (1 - a) + np.asarray(tint) * a, 0, 255).astype(np.uint8)
+        px = max(1, int(round(camera.fx * thick_cm / float(np.median(depth)))))
+        for i in range(len(line) - 1):
+            if visible[i] and visible[i + 1]:
+                p0 = (int(round(uv[i, 0] * 4)), int(round(uv[i, 1] * 4)))
+                p1 = (int(round(uv[i + 1, 0] * 4)), int(round(uv[i + 1, 1] * 4)))
+                cv2.line(out, p0, p1, colour, px, cv2.LINE_AA, shift=2)
+    return out
+
+
+def _render_identity_sample(
+    rng: np.random.Generator,
+    config: SceneConfig,
+    identity: int,
+    angles: tuple[float, float, float] | None,
+    background: np.ndarray | None,
+) -> SynthSample:
+    """One image of identity ``identity`` (see :mod:`training.synth.identity`)."""
+    from training.synth.identity import (
+        build_identity,
+        cavity_triangles,
+        expression_displacement,
+        expression_name,
+        sample_expression,
+    )
+    from training.synth.renderer import build_head_model, composite, render_head
+
+    camera = config.camera()
+    model = build_head_model(config.head)
+    ident = build_identity(config.identity_seed, identity)
+    yaw, pitch, roll = config.poses.sample(rng) if angles is None else angles
+    expr = sample_expression(rng, config.expression_prob)
+    face = ident.face_vertices + expression_displacement(ident.face_vertices, **expr)
+    light, az, el = _light_direction(rng)
+    app = Appearance(
+        texture=ident.texture,
+        tex_xy=ident.tex_xy,
+        light_dir=light,
+        ambient=float(rng.uniform(0.3, 0.65)),
+        diffuse=float(rng.uniform(0.35, 0.8)),
+        hair_rgb=ident.hair_rgb,
+        skin_rgb=ident.skin_rgb,
+        head_rgb=ident.head_rgb if config.head else None,
+    )
+    scale = ident.shape_scale
+    t = placement(rng, camera, float(np.ptp(face[:, 0])) * scale[0], config)
+    if background is None:
+        background = random_background(rng, camera.width, camera.height)
+    cavity = cavity_triangles() if expr["mouth_open_cm"] > 0 else None
+    result = render_head(
+        model, app, yaw, pitch, roll, t, camera, scale, face_vertices=face, cavity_triangles=cavity
+    )
+    image = composite(result, background)
+    if config.accessories:
+        image = draw_glasses(image, result, ident.params, face * scale, camera)
+    noise = rng.uniform(*config.noise_std) if rng.random() < 0.5 else 0.0
+    if noise > 0:
+        image = np.clip(
+            image.astype(np.float32) + noise * rng.standard_normal(image.shape, dtype=np.float32),
+            0,
+            255,
+        ).astype(np.uint8)
+    quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+    info = {
+        "identity": identity,
+        "mirrored": ident.params["texture"] == "astronaut_mirrored",
+        "skin_tone": round(ident.params["skin_tone"], 4),
+        "texture": ident.params["texture"],
+        "expression": expression_name(expr),
+        "glasses": ident.params["glasses"] if config.accessories else "none",
+        "light_azimuth": az,
+        "light_elevation": el,
+        "shape_scale": [float(v) for v in scale],
+        **expr,
+    }
+    mesh_lm = model.face.landmarks68
+    return SynthSample(
+        image=image,
+        angles=np.array([yaw, pitch, roll]),
+        landmarks=result.landmarks,
+        box=result.face_box,
+        t_cm=t,
+        camera=camera,
+        jpeg_quality=quality,
+        info=info,
+        shape_scale=np.asarray(scale, np.float64),
+        identity=identity,
+        landmarks_3d=face[mesh_lm] * scale,
     )

@@ -43,7 +43,13 @@ import numpy as np
 import scipy.io
 
 from lechpe_model.conventions import CONVENTION_VERSION, euler_to_pose_para
-from training.synth.scene import SceneConfig, SynthSample, render_sample, sample_rng
+from training.synth.scene import (
+    SceneConfig,
+    SynthSample,
+    ray_relative_angles,
+    render_sample,
+    sample_rng,
+)
 
 SYNTH_VERSION = "lechpe-synth-1"
 _MAT_HEADER = b"MATLAB 5.0 MAT-file, written by lechpe-synth"
@@ -64,6 +70,9 @@ INDEX_COLUMNS = (
     "texture",
     "expression",
     "glasses",
+    "focal_px",
+    "off_axis_deg",
+    "effects",
 )
 
 
@@ -115,6 +124,7 @@ def sample_mat(sample: SynthSample) -> dict[str, np.ndarray]:
         "shape_scale": np.asarray(sample.shape_scale, np.float64).reshape(1, 3),
         "identity": np.array([[int(sample.identity)]], dtype=np.int32),
         "pt3d_model": points.T.astype(np.float64),
+        "angles_ray_deg": ray_relative_angles(sample.angles, sample.t_cm).reshape(1, 3),
     }
 
 
@@ -142,6 +152,9 @@ def write_sample(out_dir: Path, name: str, sample: SynthSample) -> dict:
         ),
         "expression": sample.info.get("expression", "neutral"),
         "glasses": sample.info.get("glasses", "none"),
+        "focal_px": f"{sample.info.get('focal_px', sample.camera.fx):.1f}",
+        "off_axis_deg": f"{sample.info.get('off_axis_deg', 0.0):.2f}",
+        "effects": sample.info.get("effects", "none"),
     }
 
 

@@ -298,6 +298,7 @@ class HeadModel:
     n_neck_vertices: int
     hair_weight: np.ndarray  # (V - V_face,)
     brightness: np.ndarray  # (V - V_face,)
+    n_neck_triangles: int = 0
 
 
 @lru_cache(maxsize=2)
@@ -340,6 +341,7 @@ def build_head_model(with_head: bool = True) -> HeadModel:
         n_neck_vertices=n_neck,
         hair_weight=hair.astype(np.float32),
         brightness=bright.astype(np.float32),
+        n_neck_triangles=len(nt) if with_head else 0,
     )
 
 
@@ -366,6 +368,17 @@ class Appearance:
     #: Optional ``(V_head, 3)`` base colours of the skull + neck vertices (identities:
     #: hairline, headwear); overrides ``hair_rgb``/``skin_rgb`` mixing when given.
     head_rgb: np.ndarray | None = None
+    #: Optional several coloured lights: ``((direction (3,), rgb (3,)), ...)`` with
+    #: directions toward the light in the 3DDFA camera frame and rgb gains (1 = white
+    #: at full strength). When given, shading is RGB: ``ambient_rgb + sum rgb *
+    #: max(n.l, 0) * visible`` plus Blinn-Phong specular highlights, and the first
+    #: light casts shadows when ``shadows`` is set; ``light_dir``/``ambient``/
+    #: ``diffuse`` are then unused.
+    lights: tuple | None = None
+    ambient_rgb: tuple[float, float, float] = (0.4, 0.4, 0.4)
+    specular: float = 0.0
+    shininess: float = 20.0
+    shadows: bool = False
 
 
 @dataclass
@@ -393,6 +406,45 @@ class RenderResult:
     depth: np.ndarray | None = None
     rotation: np.ndarray | None = None
     t: np.ndarray | None = None
+
+
+def shadow_visibility(
+    points: np.ndarray,
+    triangles: np.ndarray,
+    light_dir: np.ndarray,
+    resolution: int = 128,
+    bias_cm: float = 0.4,
+) -> np.ndarray:
+    """Per-vertex visibility (1 lit, 0 in shadow) from a directional light.
+
+    A shadow map: the vertices are projected orthographically along the light,
+    rasterised with the same z-buffer as the camera image, and a vertex is in shadow
+    when something lies more than ``bias_cm`` nearer the light at its map pixel (the
+    nose darkens the cheek, the brow ridge the eyes). Resolution is per vertex, so the
+    shadow edge is as sharp as the mesh (a cast-shadow approximation).
+
+    Args:
+        points: ``(V, 3)`` vertex positions in the optical frame (cm).
+        light_dir: ``(3,)`` unit vector toward the light, optical frame.
+    """
+    w = -np.asarray(light_dir, np.float64)
+    w /= np.linalg.norm(w)
+    helper = np.array([0.0, 1.0, 0.0]) if abs(w[1]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    e1 = np.cross(helper, w)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(w, e1)
+    q = np.stack([points @ e1, points @ e2, points @ w], axis=1)
+    lo = q[:, :2].min(axis=0)
+    span = max(float((q[:, :2].max(axis=0) - lo).max()), 1e-6)
+    scale = (resolution - 1) / span
+    uv = (q[:, :2] - lo) * scale
+    depth = q[:, 2] - q[:, 2].min() + 10.0
+    frags = rasterize(uv, depth, triangles, resolution, resolution)
+    zmap = np.full(resolution * resolution, np.inf)
+    zmap[frags.pixel] = (depth[triangles[frags.triangle]] * frags.bary).sum(axis=1)
+    pix = np.clip(np.round(uv).astype(np.int64), 0, resolution - 1)
+    nearest = zmap[pix[:, 1] * resolution + pix[:, 0]]
+    return (depth <= nearest + bias_cm).astype(np.float32)
 
 
 def render_head(
@@ -463,8 +515,10 @@ def render_head(
         uv = np.concatenate([uv_h, uv_n])
         depth = np.concatenate([depth_h, depth_n])
         normals_cam[-nn:] = normals[-nn:] @ neck_label.T
+        cam_points = np.concatenate([verts @ rot.T + np.asarray(t, np.float64), cam_xyz])
     else:
         uv, depth = project(vertices, rot, t, camera)
+        cam_points = vertices @ rot.T + np.asarray(t, np.float64)
     biased = depth.copy()
     biased[:nf] -= FACE_DEPTH_BIAS_CM
     biased = np.maximum(biased, 1e-3)
@@ -474,16 +528,22 @@ def render_head(
     alpha = np.zeros(h * w, np.float32)
     face_mask = np.zeros(h * w, bool)
 
-    # Lambertian shading per vertex (normals into the 3DDFA camera frame), Gouraud-interpolated.
-    light = np.asarray(appearance.light_dir, dtype=np.float64)
-    shade = appearance.ambient + appearance.diffuse * np.maximum(normals_cam @ light, 0.0)
-    shade = shade.astype(np.float32)
-
     # One per-vertex attribute table, interpolated once: face vertices carry
-    # (texture x, texture y, shade), head/neck vertices their shaded RGB.
-    attr = np.empty((len(model.vertices), 3), np.float32)
+    # (texture x, texture y, RGB shade, RGB additive highlight), head/neck vertices
+    # (-, -, shaded RGB colour, RGB additive highlight).
+    attr = np.zeros((len(model.vertices), 8), np.float32)
     attr[:nf, :2] = appearance.tex_xy
-    attr[:nf, 2] = shade[:nf]
+    if appearance.lights is not None:
+        shade, highlight = _light_vertices(appearance, normals_cam, cam_points, model)
+    else:
+        # Lambertian shading per vertex (normals in the 3DDFA camera frame).
+        light = np.asarray(appearance.light_dir, dtype=np.float64)
+        shade1 = appearance.ambient + appearance.diffuse * np.maximum(normals_cam @ light, 0.0)
+        shade = np.repeat(shade1.astype(np.float32)[:, None], 3, axis=1)
+        highlight = None
+    attr[:nf, 2:5] = shade[:nf]
+    if highlight is not None:
+        attr[:, 5:8] = highlight
     if len(model.vertices) > nf:
         if appearance.head_rgb is not None:
             head_rgb = np.asarray(appearance.head_rgb, np.float32) * model.brightness[:, None]
@@ -492,7 +552,7 @@ def render_head(
             hair_rgb = np.asarray(appearance.hair_rgb, np.float32)
             skin_rgb = np.asarray(appearance.skin_rgb, np.float32)
             head_rgb = (hair_w * hair_rgb + (1 - hair_w) * skin_rgb) * model.brightness[:, None]
-        attr[nf:] = head_rgb * shade[nf:, None]
+        attr[nf:, 2:5] = head_rgb * shade[nf:]
     tri_verts = model.triangles[frags.triangle]  # (F, 3)
     bary = frags.bary
     values = (
@@ -501,8 +561,8 @@ def render_head(
         + attr[tri_verts[:, 2]] * bary[:, 2:3]
     )
     is_face = frags.triangle < model.n_face_triangles
-    frag_shade = values[:, 2].copy()  # face fragments: interpolated shading
-    colours = values  # head fragments already hold their colour
+    frag_shade = values[:, 2:5]  # face fragments: interpolated RGB shading
+    colours = values[:, 2:5].copy()  # head fragments already hold their colour
     if is_face.any():
         face_values = values[is_face]
         # Sample the texture only at the face fragments: a (rows, 1024) map for cv2.remap
@@ -519,7 +579,7 @@ def render_head(
             interpolation=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         ).reshape(-1, 3)
-        colours[is_face] = sampled[:n] * face_values[:, 2:3]
+        colours[is_face] = sampled[:n] * face_values[:, 2:5]
         face_mask[frags.pixel[is_face]] = True
         if cavity_triangles is not None and len(cavity_triangles):
             in_cavity = np.isin(frags.triangle, cavity_triangles)
@@ -533,7 +593,9 @@ def render_head(
                 mouth = (1 - teeth) * np.array([40, 16, 18], np.float32) + teeth * np.array(
                     [200, 190, 172], np.float32
                 )
-                colours[in_cavity] = mouth * frag_shade[in_cavity, None]
+                colours[in_cavity] = mouth * frag_shade[in_cavity]
+    if highlight is not None:
+        colours = colours + values[:, 5:8]
     rgb[frags.pixel] = colours
     alpha[frags.pixel] = 1.0
     # True (unbiased) depth of the visible surface, for depth-tested accessories.
@@ -554,6 +616,46 @@ def render_head(
         rotation=rot,
         t=np.asarray(t, dtype=np.float64),
     )
+
+
+def _light_vertices(
+    appearance: Appearance, normals_cam: np.ndarray, cam_points: np.ndarray, model: HeadModel
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGB shade ``(V, 3)`` and additive highlight ``(V, 3)`` (0..255) for several lights.
+
+    Diffuse: ``ambient_rgb + sum_l rgb_l * max(n.l, 0) * visible_l``; specular:
+    Blinn-Phong ``specular * rgb_l * max(n.h, 0) ** shininess`` (half vector toward
+    the camera), half as strong on the skull/neck (hair is less shiny). The first
+    light casts shadows (:func:`shadow_visibility`) when ``appearance.shadows``.
+    """
+    n = normals_cam.astype(np.float64)
+    shade = np.tile(np.asarray(appearance.ambient_rgb, np.float64), (len(n), 1))
+    highlight = np.zeros_like(shade)
+    # View direction toward the camera, in the 3DDFA camera frame.
+    view = -cam_points / np.maximum(np.linalg.norm(cam_points, axis=1, keepdims=True), 1e-9)
+    view = view @ MODEL_TO_OPTICAL.T
+    spec_scale = np.ones(len(n))
+    spec_scale[model.n_face_vertices :] = 0.5
+    for k, (direction, colour) in enumerate(appearance.lights):
+        ldir = np.asarray(direction, np.float64)
+        ldir = ldir / np.linalg.norm(ldir)
+        colour = np.asarray(colour, np.float64)
+        ndotl = np.maximum(n @ ldir, 0.0)
+        visible = np.ones(len(n))
+        if k == 0 and appearance.shadows:
+            # Face + skull cast shadows (the neck only receives them).
+            n_tri = len(model.triangles) - model.n_neck_triangles
+            visible = shadow_visibility(
+                cam_points, model.triangles[:n_tri], MODEL_TO_OPTICAL @ ldir
+            ).astype(np.float64)
+        shade += (ndotl * visible)[:, None] * colour[None]
+        if appearance.specular > 0:
+            half = view + ldir
+            half /= np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-9)
+            spec = np.maximum(np.einsum("ij,ij->i", n, half), 0.0) ** appearance.shininess
+            spec *= (ndotl > 0) * visible * spec_scale * appearance.specular * 255.0
+            highlight += spec[:, None] * colour[None]
+    return shade.astype(np.float32), highlight.astype(np.float32)
 
 
 def composite(render: RenderResult, background: np.ndarray, feather: float = 0.7) -> np.ndarray:

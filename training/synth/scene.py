@@ -39,6 +39,26 @@ SKIMAGE_BACKGROUNDS = (
     "chessboard",
 )
 
+#: The subset of scikit-image's photos whose documentation states CC0 / public domain /
+#: "no known copyright restrictions" (identities mode uses only these; scikit-learn's
+#: china/flower are CC BY 2.0 and moon/page/logo state no licence).
+CC0_BACKGROUNDS = (
+    "brick",
+    "coffee",
+    "chelsea",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "rocket",
+    "horse",
+    "text",
+    "retina",
+    "cell",
+    "clock",
+)
+
 #: Skin tones (RGB) spanning light to dark, used to shift the astronaut's skin.
 SKIN_TONES = np.array(
     [
@@ -138,6 +158,24 @@ class SceneConfig:
         expression_prob: share of images (identities only) with an expression (eyes
             closed, mouth open, smile).
         accessories: draw the identities' glasses.
+
+    The variation of a robot's camera (identities only; see docs/SYNTHETIC_DATA.md):
+
+    Attributes:
+        camera_model: ``"robot"``: a focal length from ``focal_px`` (pixels of a
+            ``focal_reference_width``-wide camera) and a head anywhere within
+            ``off_centre`` of that camera's half-frame, at ``distance_cm``, the output
+            being the crop around the head (principal point off the crop centre, so
+            perspective is that of an off-axis head); ``"fixed"``: ``hfov_deg`` and
+            the face near the optical axis (the original placement).
+        lights: range of the number of coloured lights (the first is the key light).
+        specular: range of the specular strength.
+        shadow_prob: share of images where the key light casts shadows.
+        defocus_prob, motion_blur_prob, low_res_prob, grey_prob, ir_prob,
+        low_jpeg_prob, clutter_prob, second_head_prob: shares of images with
+            defocus, motion blur, low resolution, a grey (monochrome) or near-infrared
+            look, JPEG quality 25-60, clutter shapes over the background, another
+            person's head partly in view behind.
     """
 
     width: int = 224
@@ -154,6 +192,22 @@ class SceneConfig:
     identity_seed: int = 0
     expression_prob: float = 0.4
     accessories: bool = True
+    camera_model: str = "robot"
+    focal_px: tuple[float, float] = (300.0, 1500.0)
+    focal_reference_width: int = 640
+    off_centre: float = 0.9
+    distance_cm: tuple[float, float] = (40.0, 250.0)
+    lights: tuple[int, int] = (1, 3)
+    specular: tuple[float, float] = (0.0, 0.35)
+    shadow_prob: float = 0.6
+    defocus_prob: float = 0.12
+    motion_blur_prob: float = 0.12
+    low_res_prob: float = 0.15
+    grey_prob: float = 0.05
+    ir_prob: float = 0.05
+    low_jpeg_prob: float = 0.15
+    clutter_prob: float = 0.35
+    second_head_prob: float = 0.15
 
     def __post_init__(self) -> None:
         if self.identities is not None:
@@ -163,6 +217,14 @@ class SceneConfig:
                     f"identity range must satisfy 0 <= start < stop, got {start}:{stop}"
                 )
             object.__setattr__(self, "identities", (start, stop))
+        if self.camera_model not in ("robot", "fixed"):
+            raise ValueError(f"camera_model must be 'robot' or 'fixed', got {self.camera_model!r}")
+        if not 0 < self.focal_px[0] <= self.focal_px[1]:
+            raise ValueError(f"focal_px must be 0 < min <= max, got {self.focal_px}")
+        if not 0 < self.distance_cm[0] <= self.distance_cm[1]:
+            raise ValueError(f"distance_cm must be 0 < min <= max, got {self.distance_cm}")
+        if not 1 <= self.lights[0] <= self.lights[1]:
+            raise ValueError(f"lights must be 1 <= min <= max, got {self.lights}")
 
     def identity_of(self, index: int) -> int:
         """Identity id of image ``index`` (-1 without identities)."""
@@ -175,13 +237,13 @@ class SceneConfig:
         return Camera.from_fov(self.width, self.height, self.hfov_deg)
 
 
-@lru_cache(maxsize=1)
-def _background_photos() -> tuple[np.ndarray, ...]:
+@lru_cache(maxsize=2)
+def _background_photos(cc0_only: bool = False) -> tuple[np.ndarray, ...]:
     """Non-face RGB photos shipped with scikit-image / scikit-learn (cached)."""
     from skimage import data
 
     photos = []
-    for name in SKIMAGE_BACKGROUNDS:
+    for name in CC0_BACKGROUNDS if cc0_only else SKIMAGE_BACKGROUNDS:
         try:
             img = getattr(data, name)()
         except Exception:
@@ -195,6 +257,8 @@ def _background_photos() -> tuple[np.ndarray, ...]:
             img = np.repeat(img[..., None], 3, axis=2)
         photos.append(np.ascontiguousarray(img[..., :3]))
     try:
+        if cc0_only:
+            raise ImportError("CC0 only")
         from sklearn.datasets import load_sample_images
 
         photos.extend(np.ascontiguousarray(im) for im in load_sample_images().images)
@@ -205,11 +269,11 @@ def _background_photos() -> tuple[np.ndarray, ...]:
     return tuple(photos)
 
 
-@lru_cache(maxsize=4)
-def _photos_for_size(side: int) -> tuple[np.ndarray, ...]:
+@lru_cache(maxsize=8)
+def _photos_for_size(side: int, cc0_only: bool = False) -> tuple[np.ndarray, ...]:
     """The background photos shrunk so their short side is at most ``side`` (speed)."""
     out = []
-    for photo in _background_photos():
+    for photo in _background_photos(cc0_only):
         scale = side / min(photo.shape[:2])
         if scale < 1:
             photo = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -217,11 +281,16 @@ def _photos_for_size(side: int) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def random_background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """An RGB uint8 ``(height, width, 3)`` background: photo crop, gradient or noise."""
+def random_background(
+    rng: np.random.Generator, width: int, height: int, cc0_only: bool = False
+) -> np.ndarray:
+    """An RGB uint8 ``(height, width, 3)`` background: photo crop, gradient or noise.
+
+    ``cc0_only`` draws photos only from :data:`CC0_BACKGROUNDS`.
+    """
     kind = rng.choice(4, p=[0.55, 0.15, 0.15, 0.15])
     if kind == 0:  # crop of a photo, randomly scaled, flipped and blurred
-        photos = _photos_for_size(2 * max(width, height))
+        photos = _photos_for_size(2 * max(width, height), cc0_only)
         photo = photos[int(rng.integers(len(photos)))]
         ph, pw = photo.shape[:2]
         frac = rng.uniform(0.3, 1.0)
@@ -564,6 +633,132 @@ def draw_glasses(
     return out
 
 
+def robot_camera(
+    rng: np.random.Generator, config: SceneConfig, face_width_cm: float
+) -> tuple[Camera, np.ndarray, dict]:
+    """Camera of the output crop and head position for ``camera_model="robot"``.
+
+    A focal length ``f`` (pixels of a ``focal_reference_width``-wide, 4:3 camera) is
+    drawn log-uniformly from ``focal_px``, the head's image position anywhere within
+    ``off_centre`` of that camera's half-frame, its distance log-uniformly from
+    ``distance_cm``: the head origin lies on the viewing ray through that position.
+    The output image is the crop around the head resampled so the face takes
+    ``face_fraction`` of its width: the crop's focal length is ``fraction * width *
+    distance / face_width`` and its principal point lies off the crop centre by the
+    head's offset in the full frame, so the perspective (and the exact label, the
+    rotation in the camera frame) is that of an off-axis head.
+    """
+    f = math.exp(rng.uniform(math.log(config.focal_px[0]), math.log(config.focal_px[1])))
+    ref_w = float(config.focal_reference_width)
+    ref_h = 0.75 * ref_w
+    dx = rng.uniform(-1, 1) * config.off_centre * ref_w / 2
+    dy = rng.uniform(-1, 1) * config.off_centre * ref_h / 2
+    lo, hi = config.distance_cm
+    z = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    frac = rng.uniform(*config.face_fraction)
+    fx = frac * config.width * z / face_width_cm
+    ju = rng.uniform(-config.center_jitter, config.center_jitter) * config.width
+    jv = rng.uniform(-config.center_jitter, config.center_jitter) * config.height
+    cx = (config.width - 1) / 2.0 + ju - fx * dx / f
+    cy = (config.height - 1) / 2.0 + jv - fx * dy / f
+    camera = Camera(fx, fx, cx, cy, config.width, config.height)
+    t = z * np.array([dx / f, dy / f, 1.0])
+    off_axis = math.degrees(math.atan(math.hypot(dx, dy) / f))
+    return camera, t, {"focal_px": float(f), "off_axis_deg": off_axis, "distance_cm": z}
+
+
+def sample_lights(rng: np.random.Generator, config: SceneConfig) -> dict:
+    """Several coloured lights, a tinted ambient term, specular strength, shadows."""
+    n = int(rng.integers(config.lights[0], config.lights[1] + 1))
+    lights = []
+    for k in range(n):
+        direction, _, _ = _light_direction(rng)
+        if k == 0:  # key light: near white, warm to cool
+            temp = rng.uniform(-1, 1)
+            colour = np.array([1 + 0.15 * temp, 1.0, 1 - 0.15 * temp]) * rng.uniform(0.45, 0.9)
+        else:  # fill / rim lights: any hue, weaker; may come from behind
+            if rng.random() < 0.3:
+                direction = direction * np.array([1.0, 1.0, -1.0])
+            colour = rng.uniform(0.2, 1.0, size=3)
+            colour = colour / colour.max() * rng.uniform(0.1, 0.4)
+        lights.append((direction, colour))
+    ambient = rng.uniform(0.15, 0.5) * rng.uniform(0.85, 1.15, size=3)
+    return {
+        "lights": tuple(lights),
+        "ambient_rgb": tuple(float(v) for v in ambient),
+        "specular": float(rng.uniform(*config.specular)),
+        "shininess": float(rng.uniform(8, 40)),
+        "shadows": bool(rng.random() < config.shadow_prob),
+    }
+
+
+def _second_head(
+    rng: np.random.Generator,
+    config: SceneConfig,
+    camera: Camera,
+    main_t: np.ndarray,
+    background: np.ndarray,
+    identity: int,
+) -> tuple[np.ndarray, int]:
+    """Composite another identity's head, partly in view, behind the main head."""
+    from training.synth.identity import build_identity
+    from training.synth.renderer import build_head_model, composite, render_head
+
+    start, stop = config.identities
+    other = start + int(rng.integers(stop - start))
+    if other == identity and stop - start > 1:
+        other = start + (other - start + 1) % (stop - start)
+    ident = build_identity(config.identity_seed, other)
+    yaw, pitch, roll = config.poses.sample(rng)
+    side = -1 if rng.random() < 0.5 else 1
+    u = camera.width * (0.5 + side * rng.uniform(0.45, 0.7))
+    v = camera.height * rng.uniform(0.2, 0.8)
+    z = float(main_t[2]) * rng.uniform(1.15, 1.8)
+    t = z * np.array([(u - camera.cx) / camera.fx, (v - camera.cy) / camera.fy, 1.0])
+    light = sample_lights(rng, config)
+    app = Appearance(
+        texture=ident.texture,
+        tex_xy=ident.tex_xy,
+        light_dir=np.array([0.0, 0.0, 1.0]),
+        head_rgb=ident.head_rgb if config.head else None,
+        skin_rgb=ident.skin_rgb,
+        hair_rgb=ident.hair_rgb,
+        **light,
+    )
+    model = build_head_model(config.head)
+    try:
+        result = render_head(
+            model, app, yaw, pitch, roll, t, camera, ident.shape_scale,
+            face_vertices=ident.face_vertices,
+        )  # fmt: skip
+    except ValueError:  # behind the camera for an extreme draw: no second head
+        return background, -1
+    return composite(result, background), other
+
+
+def ray_relative_angles(angles: np.ndarray, t_cm: np.ndarray) -> np.ndarray:
+    """(yaw, pitch, roll) of the head relative to the viewing ray to its origin.
+
+    What a crop centred on the head shows: the rotation seen by a camera turned
+    (by the smallest rotation) to look straight at the head. Equals ``angles`` for a
+    head on the optical axis.
+    """
+    from lechpe_model.conventions import MODEL_TO_OPTICAL, euler_to_matrix, matrix_to_euler
+
+    d = np.asarray(t_cm, np.float64) / np.linalg.norm(t_cm)
+    z = np.array([0.0, 0.0, 1.0])
+    axis = np.cross(z, d)
+    s, c = np.linalg.norm(axis), float(d @ z)
+    if s < 1e-12:
+        q = np.eye(3)
+    else:
+        k = axis / s
+        kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        q = np.eye(3) + s * kx + (1 - c) * kx @ kx  # rotates z onto d (optical frame)
+    r_opt = MODEL_TO_OPTICAL @ euler_to_matrix(*angles)
+    return matrix_to_euler(MODEL_TO_OPTICAL @ (q.T @ r_opt))
+
+
 def _render_identity_sample(
     rng: np.random.Generator,
     config: SceneConfig,
@@ -572,6 +767,7 @@ def _render_identity_sample(
     background: np.ndarray | None,
 ) -> SynthSample:
     """One image of identity ``identity`` (see :mod:`training.synth.identity`)."""
+    from training.synth import degrade
     from training.synth.identity import (
         build_identity,
         cavity_triangles,
@@ -581,27 +777,40 @@ def _render_identity_sample(
     )
     from training.synth.renderer import build_head_model, composite, render_head
 
-    camera = config.camera()
     model = build_head_model(config.head)
     ident = build_identity(config.identity_seed, identity)
     yaw, pitch, roll = config.poses.sample(rng) if angles is None else angles
     expr = sample_expression(rng, config.expression_prob)
     face = ident.face_vertices + expression_displacement(ident.face_vertices, **expr)
-    light, az, el = _light_direction(rng)
+    light = sample_lights(rng, config)
     app = Appearance(
         texture=ident.texture,
         tex_xy=ident.tex_xy,
-        light_dir=light,
-        ambient=float(rng.uniform(0.3, 0.65)),
-        diffuse=float(rng.uniform(0.35, 0.8)),
+        light_dir=np.array([0.0, 0.0, 1.0]),
         hair_rgb=ident.hair_rgb,
         skin_rgb=ident.skin_rgb,
         head_rgb=ident.head_rgb if config.head else None,
+        **light,
     )
     scale = ident.shape_scale
-    t = placement(rng, camera, float(np.ptp(face[:, 0])) * scale[0], config)
+    face_width = float(np.ptp(face[:, 0])) * scale[0]
+    if config.camera_model == "robot":
+        camera, t, cam_info = robot_camera(rng, config, face_width)
+    else:
+        camera = config.camera()
+        t = placement(rng, camera, face_width, config)
+        cam_info = {"focal_px": camera.fx, "off_axis_deg": 0.0, "distance_cm": float(t[2])}
+    effects = []
     if background is None:
-        background = random_background(rng, camera.width, camera.height)
+        background = random_background(rng, camera.width, camera.height, cc0_only=True)
+        if rng.random() < config.clutter_prob:
+            background = degrade.add_clutter(background, rng)
+            effects.append("clutter")
+    second = -1
+    if rng.random() < config.second_head_prob:
+        background, second = _second_head(rng, config, camera, t, background, identity)
+        if second >= 0:
+            effects.append("second_head")
     cavity = cavity_triangles() if expr["mouth_open_cm"] > 0 else None
     result = render_head(
         model, app, yaw, pitch, roll, t, camera, scale, face_vertices=face, cavity_triangles=cavity
@@ -609,14 +818,33 @@ def _render_identity_sample(
     image = composite(result, background)
     if config.accessories:
         image = draw_glasses(image, result, ident.params, face * scale, camera)
+    # Optics and sensor, in the order light meets them.
+    if rng.random() < config.defocus_prob:
+        image = degrade.defocus(image, rng.uniform(0.6, 2.0) * camera.width / 224)
+        effects.append("defocus")
+    if rng.random() < config.motion_blur_prob:
+        image = degrade.motion_blur(
+            image, rng.uniform(3, 9) * camera.width / 224, rng.uniform(0, 180)
+        )
+        effects.append("motion_blur")
+    if rng.random() < config.low_res_prob:
+        image = degrade.low_resolution(image, rng.uniform(1.8, 4.0))
+        effects.append("low_res")
+    mono = rng.random()
+    if mono < config.grey_prob:
+        image = degrade.to_grey(image)
+        effects.append("grey")
+    elif mono < config.grey_prob + config.ir_prob:
+        image = degrade.to_infrared(image, rng)
+        effects.append("ir")
     noise = rng.uniform(*config.noise_std) if rng.random() < 0.5 else 0.0
     if noise > 0:
-        image = np.clip(
-            image.astype(np.float32) + noise * rng.standard_normal(image.shape, dtype=np.float32),
-            0,
-            255,
-        ).astype(np.uint8)
-    quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
+        image = degrade.sensor_noise(image, noise, rng)
+    if rng.random() < config.low_jpeg_prob:
+        quality = int(rng.integers(25, 61))
+        effects.append("low_jpeg")
+    else:
+        quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
     info = {
         "identity": identity,
         "mirrored": ident.params["texture"] == "astronaut_mirrored",
@@ -624,9 +852,12 @@ def _render_identity_sample(
         "texture": ident.params["texture"],
         "expression": expression_name(expr),
         "glasses": ident.params["glasses"] if config.accessories else "none",
-        "light_azimuth": az,
-        "light_elevation": el,
+        "lights": len(light["lights"]),
+        "shadows": light["shadows"],
+        "effects": "+".join(effects) if effects else "none",
+        "second_head": second,
         "shape_scale": [float(v) for v in scale],
+        **cam_info,
         **expr,
     }
     mesh_lm = model.face.landmarks68

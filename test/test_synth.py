@@ -564,3 +564,177 @@ def test_glasses_are_drawn_in_front_and_hidden_behind_the_head():
     # A surface nearer than the glasses everywhere hides all of them.
     hidden = draw_glasses(image, render(40.0), ident.params, ident.face_vertices, camera)
     assert np.count_nonzero(hidden) == 0
+
+
+# ---------------------------------------------------------------- robot-camera variation
+
+_NO_EFFECTS = dict(
+    defocus_prob=0.0, motion_blur_prob=0.0, low_res_prob=0.0, grey_prob=0.0, ir_prob=0.0,
+    low_jpeg_prob=0.0, clutter_prob=0.0, second_head_prob=0.0, noise_std=(0.0, 0.0),
+    accessories=False, expression_prob=0.0,
+)  # fmt: skip
+
+
+def test_off_axis_head_is_a_rotated_camera_view_of_the_ray_relative_pose():
+    """An off-axis head at label A and an on-axis head at the ray-relative angles
+    differ by a pure camera rotation: their landmarks are related by a homography."""
+    from training.synth.scene import ray_relative_angles, robot_camera
+
+    config = SceneConfig(width=224, height=224, focal_px=(300.0, 300.0), off_centre=0.9)
+    camera, t, info = robot_camera(np.random.default_rng(4), config, face_width_cm=15.5)
+    assert info["off_axis_deg"] > 15  # a strongly off-axis head
+    np.testing.assert_allclose(t / t[2], [t[0] / t[2], t[1] / t[2], 1.0])
+    # The head origin projects near the crop centre (within the centre jitter).
+    u = camera.fx * t[0] / t[2] + camera.cx
+    assert abs(u - 111.5) <= config.center_jitter * 224 + 1e-6
+    model = build_head_model(False)
+    app = _marker_appearance()
+    angles = (20.0, -10.0, 5.0)
+    off = render_head(model, app, *angles, t, camera)
+    ray = ray_relative_angles(np.array(angles), t)
+    on_t = np.array([0.0, 0.0, np.linalg.norm(t)])
+    centred = Camera(camera.fx, camera.fy, 111.5, 111.5, 224, 224)
+    on = render_head(model, app, *ray, on_t, centred)
+    naive = render_head(model, app, *angles, on_t, centred)
+    src = off.vertices_uv.astype(np.float64)
+
+    def homography_residual(dst):
+        h, _ = cv2.findHomography(src, dst.astype(np.float64), 0)
+        mapped = cv2.perspectiveTransform(src[None], h)[0]
+        return np.abs(mapped - dst).max()
+
+    assert homography_residual(on.vertices_uv) < 1e-3
+    assert homography_residual(naive.vertices_uv) > 0.5
+    assert np.abs(ray - np.array(angles)).max() > 5  # off-axis: the crop shows another pose
+
+
+def test_shorter_distance_means_stronger_perspective():
+    from training.synth.scene import robot_camera
+
+    def layout(distance):
+        config = SceneConfig(distance_cm=(distance, distance), off_centre=0.0, center_jitter=0.0)
+        camera, t, _ = robot_camera(np.random.default_rng(0), config, 15.5)
+        result = render_head(build_head_model(False), _marker_appearance(), 30, 0, 0, t, camera)
+        return result.landmarks
+
+    far, mid, near = layout(2000.0), layout(250.0), layout(40.0)
+
+    # Residual after the best affine map onto the (nearly orthographic) far layout.
+    def affine_residual(points):
+        a, *_ = np.linalg.lstsq(np.c_[points, np.ones(68)], far, rcond=None)
+        return np.abs(np.c_[points, np.ones(68)] @ a - far).max()
+
+    assert affine_residual(near) > 3 * affine_residual(mid) > 0
+
+
+def test_coloured_lights_specular_and_shadows():
+    from training.synth.renderer import shadow_visibility
+
+    model = build_head_model(False)
+    camera = Camera.from_fov(128, 128, 30.0)
+    white = np.full((512, 512, 3), 200, np.uint8)
+    xy = load_face_mesh().tex_xy
+    t = np.array([0.0, 0.0, 60.0])
+    front = np.array([0.0, 0.0, 1.0])
+
+    def face_rgb(**light):
+        app = Appearance(white, xy, front, **light)
+        result = render_head(model, app, 0, 0, 0, t, camera)
+        return result.rgb[result.face_mask]
+
+    red = face_rgb(lights=((front, (1.0, 0.0, 0.0)),), ambient_rgb=(0.0, 0.0, 0.0))
+    assert red[:, 0].mean() > 100 and red[:, 1:].max() == 0
+    two = face_rgb(lights=((front, (1.0, 0, 0)), (front, (0, 0, 1.0))), ambient_rgb=(0, 0, 0))
+    assert two[:, 2].mean() > 100 and two[:, 1].max() == 0
+    matte = face_rgb(lights=((front, (0.6, 0.6, 0.6)),), ambient_rgb=(0.2, 0.2, 0.2))
+    shiny = face_rgb(lights=((front, (0.6, 0.6, 0.6)),), ambient_rgb=(0.2, 0.2, 0.2), specular=0.5)
+    assert shiny.max() > matte.max() + 30 and np.all(shiny >= matte - 1e-3)
+    # Grazing light from the person's right: the nose shades the other cheek.
+    side = np.array([-0.95, 0.0, 0.31])
+    lit = face_rgb(lights=((side, (1.0, 1.0, 1.0)),), ambient_rgb=(0.1, 0.1, 0.1))
+    shadowed = face_rgb(
+        lights=((side, (1.0, 1.0, 1.0)),), ambient_rgb=(0.1, 0.1, 0.1), shadows=True
+    )
+    assert np.all(shadowed <= lit + 1e-3) and (lit - shadowed).max() > 50
+    # The shadow map itself: a square in front of another along the light.
+    quad = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0.0]])
+    points = np.vstack([quad + [0, 0, 10], quad * 3 + [0, 0, 20]])  # optical frame, z forward
+    tris = np.array([[0, 2, 1], [0, 3, 2], [4, 6, 5], [4, 7, 6]])
+    vis = shadow_visibility(points, tris, np.array([0.0, 0.0, -1.0]), resolution=64)
+    assert vis[:4].tolist() == [1, 1, 1, 1]  # the near square is lit
+    assert vis[4:].tolist() == [1, 1, 1, 1]  # far corners (x 3) are outside its shadow
+    inner = np.vstack([points, [[0.5, 0.5, 20.0]]])
+    tris2 = np.vstack([tris, [[4, 8, 5]]])
+    assert shadow_visibility(inner, tris2, np.array([0.0, 0.0, -1.0]), 64)[8] == 0
+
+
+def test_degradations_each_have_their_effect():
+    from training.synth import degrade
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    sharp = lambda im: cv2.Laplacian(im.astype(np.float64), cv2.CV_64F).var()  # noqa: E731
+    for blurred in (
+        degrade.defocus(image, 1.5),
+        degrade.motion_blur(image, 7, 30),
+        degrade.low_resolution(image, 3.0),
+    ):
+        assert blurred.shape == image.shape and sharp(blurred) < 0.3 * sharp(image)
+    # Horizontal motion blur smears a vertical line sideways only.
+    line = np.zeros((41, 41, 3), np.uint8)
+    line[:, 20] = 255
+    smeared = degrade.motion_blur(line, 9, 0)
+    assert np.count_nonzero(smeared[20, :, 0]) >= 7
+    np.testing.assert_array_equal(smeared[5, :, 0], smeared[30, :, 0])
+    for mono in (degrade.to_grey(image), degrade.to_infrared(image, rng)):
+        assert np.array_equal(mono[..., 0], mono[..., 1]) and np.array_equal(
+            mono[..., 1], mono[..., 2]
+        )
+    noisy = degrade.sensor_noise(degrade.to_grey(image), 5.0, rng)
+    assert np.array_equal(noisy[..., 0], noisy[..., 2]) and not np.array_equal(
+        noisy, degrade.to_grey(image)
+    )
+    assert not np.array_equal(degrade.add_clutter(image, rng), image)
+
+
+@pytest.mark.parametrize("mode", ["grey", "ir"])
+def test_grey_and_infrared_samples_have_equal_channels(mode):
+    config = SceneConfig(
+        width=96, height=96, identities=(0, 5), **(_NO_EFFECTS | {f"{mode}_prob": 1.0})
+    )
+    sample = render_sample(sample_rng(0, 3), config)
+    assert sample.info["effects"] == mode
+    img = sample.image.astype(int)
+    assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+
+
+def test_second_head_is_behind_the_main_face():
+    background = np.full((128, 128, 3), 128, np.uint8)
+    base = dict(width=128, height=128, identities=(0, 20), **_NO_EFFECTS)
+    alone = render_sample(sample_rng(1, 2), SceneConfig(**base), background=background)
+    crowd = render_sample(
+        sample_rng(1, 2), SceneConfig(**(base | {"second_head_prob": 1.0})), background=background
+    )
+    assert crowd.info["second_head"] >= 0 and crowd.info["second_head"] != crowd.identity
+    np.testing.assert_array_equal(alone.landmarks, crowd.landmarks)
+    diff = np.abs(alone.image.astype(int) - crowd.image.astype(int)).max(axis=2) > 0
+    assert diff.mean() > 0.02  # another person is in view
+    x1, y1, x2, y2 = np.round(alone.box).astype(int)
+    assert not diff[y1 + 3 : y2 - 3, x1 + 3 : x2 - 3].any()  # ... but not over the face
+
+
+def test_cli_variation_options(tmp_path):
+    common = ["--count", "3", "--size", "64", "--identities", "3"]
+    assert cli.main(["images", str(tmp_path / "g"), "--grey-prob", "1", *common]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "g" / "index.csv")))
+    assert all("grey" in r["effects"].split("+") for r in rows)
+    assert cli.main(["images", str(tmp_path / "p"), "--no-variation", *common]) == 0
+    for row in csv.DictReader(open(tmp_path / "p" / "index.csv")):
+        mat = scipy.io.loadmat(tmp_path / "p" / f"{row['name']}.mat")
+        np.testing.assert_allclose(mat["cam_K"][:2, 2], [31.5, 31.5])  # centred, 30 deg FOV
+        assert row["effects"] == "none" and float(row["off_axis_deg"]) < 4.0
+        np.testing.assert_allclose(mat["angles_ray_deg"], mat["angles_deg"], atol=5)
+    assert cli.main(["images", str(tmp_path / "f"), "--focal-range", "1500:1500", *common]) == 0
+    for row in csv.DictReader(open(tmp_path / "f" / "index.csv")):
+        assert float(row["focal_px"]) == pytest.approx(1500, abs=0.1)
+        assert float(row["off_axis_deg"]) <= math.degrees(math.atan(0.9 * 320 * 1.25 / 1500))

@@ -75,11 +75,55 @@ def identity_range_of(args) -> tuple[int, int] | None:
 DEFAULT_IDENTITIES = 1000
 
 
+def parse_float_range(text: str) -> tuple[float, float]:
+    """``"300:1500"`` -> (300.0, 1500.0)."""
+    try:
+        lo, hi = (float(p) for p in text.split(":"))
+    except ValueError:
+        lo, hi = 1.0, 0.0
+    if not 0 <= lo <= hi:
+        raise argparse.ArgumentTypeError(
+            f"range must be MIN:MAX with 0 <= MIN <= MAX, got {text!r}"
+        )
+    return lo, hi
+
+
+#: Probability options of the robot-camera variation: CLI flag -> SceneConfig field.
+EFFECT_OPTIONS = {
+    "shadow-prob": "shadow_prob",
+    "defocus-prob": "defocus_prob",
+    "motion-blur-prob": "motion_blur_prob",
+    "low-res-prob": "low_res_prob",
+    "grey-prob": "grey_prob",
+    "ir-prob": "ir_prob",
+    "low-jpeg-prob": "low_jpeg_prob",
+    "clutter-prob": "clutter_prob",
+    "second-head-prob": "second_head_prob",
+}
+
+
+def _variation_kwargs(args) -> dict:
+    """SceneConfig fields of the robot-camera variation from the CLI flags."""
+    if getattr(args, "no_variation", False):
+        off = {field: 0.0 for field in EFFECT_OPTIONS.values()}
+        return {"camera_model": "fixed", "lights": (1, 1), "specular": (0.0, 0.0), **off}
+    kwargs = {
+        "camera_model": args.camera,
+        "focal_px": args.focal_range,
+        "distance_cm": args.distance_range,
+        "lights": (int(args.lights[0]), int(args.lights[1])),
+    }
+    for flag, field in EFFECT_OPTIONS.items():
+        kwargs[field] = getattr(args, flag.replace("-", "_"))
+    return kwargs
+
+
 def _scene_config(args):
     from training.synth.scene import PoseDistribution, SceneConfig
 
     width, height = args.size
     return SceneConfig(
+        **_variation_kwargs(args),
         width=width,
         height=height,
         head=not args.no_head,
@@ -205,6 +249,55 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _variation_args(p: argparse.ArgumentParser) -> None:
+    """Options of the robot-camera variation (identities only)."""
+    from training.synth.scene import SceneConfig
+
+    d = SceneConfig()
+    g = p.add_argument_group("camera variation (identities only)")
+    g.add_argument(
+        "--camera",
+        choices=("robot", "fixed"),
+        default=d.camera_model,
+        help="robot: focal range, off-axis heads, distances (default); fixed: 30 deg FOV, "
+        "centred heads",
+    )
+    g.add_argument(
+        "--focal-range",
+        type=parse_float_range,
+        default=d.focal_px,
+        metavar="MIN:MAX",
+        help="focal length (px of a 640-px-wide camera), default 300:1500",
+    )
+    g.add_argument(
+        "--distance-range",
+        type=parse_float_range,
+        default=d.distance_cm,
+        metavar="MIN:MAX",
+        help="head distance (cm), default 40:250",
+    )
+    g.add_argument(
+        "--lights",
+        type=parse_float_range,
+        default=d.lights,
+        metavar="MIN:MAX",
+        help="number of coloured lights, default 1:3",
+    )
+    for flag, field in EFFECT_OPTIONS.items():
+        g.add_argument(
+            f"--{flag}",
+            type=float,
+            default=getattr(d, field),
+            metavar="P",
+            help=f"share of images (default {getattr(d, field)})",
+        )
+    g.add_argument(
+        "--no-variation",
+        action="store_true",
+        help="no camera variation: fixed camera, one white light, no effects",
+    )
+
+
 def _identity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--identities",
@@ -251,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of images with an expression (eyes closed, mouth open, smile)",
     )
     p.add_argument("--no-accessories", action="store_true", help="no glasses")
+    _variation_args(p)
     p.add_argument(
         "--occluded-replica",
         type=Path,

@@ -799,7 +799,8 @@ def _render_identity_sample(
     else:
         camera = config.camera()
         t = placement(rng, camera, face_width, config)
-        cam_info = {"focal_px": camera.fx, "off_axis_deg": 0.0, "distance_cm": float(t[2])}
+        off_axis = math.degrees(math.atan(math.hypot(t[0], t[1]) / t[2]))
+        cam_info = {"focal_px": camera.fx, "off_axis_deg": off_axis, "distance_cm": float(t[2])}
     effects = []
     if background is None:
         background = random_background(rng, camera.width, camera.height, cc0_only=True)

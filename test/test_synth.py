@@ -738,3 +738,25 @@ def test_cli_variation_options(tmp_path):
     for row in csv.DictReader(open(tmp_path / "f" / "index.csv")):
         assert float(row["focal_px"]) == pytest.approx(1500, abs=0.1)
         assert float(row["off_axis_deg"]) <= math.degrees(math.atan(0.9 * 320 * 1.25 / 1500))
+
+
+def test_label_frame_ray_writes_the_ray_relative_pose(tmp_path):
+    from training.synth.scene import ray_relative_angles
+
+    config = SceneConfig(
+        width=128, height=128, identities=(0, 4), focal_px=(300.0, 300.0), label_frame="ray"
+    )
+    sample = render_sample(sample_rng(0, 1), config, angles=(10.0, 5.0, 0.0), identity=1)
+    write_sample(tmp_path, "s", sample)
+    mat = scipy.io.loadmat(tmp_path / "s.mat")
+    ray = ray_relative_angles(np.array([10.0, 5.0, 0.0]), sample.t_cm)
+    assert sample.info["off_axis_deg"] > 5 and np.abs(ray - [10, 5, 0]).max() > 3
+    np.testing.assert_allclose(pose_para_to_euler(mat["Pose_Para"]), ray, atol=1e-4)
+    np.testing.assert_allclose(mat["angles_ray_deg"].ravel(), ray, atol=1e-9)
+    np.testing.assert_allclose(mat["angles_camera_deg"].ravel(), [10, 5, 0])
+    # solvePnP on the pixels still returns the camera-frame rotation.
+    ok, rvec, _ = cv2.solvePnP(mat["pt3d_model"].T, mat["pt2d"].T.astype(float), mat["cam_K"], None)
+    r_label = MODEL_TO_OPTICAL @ cv2.Rodrigues(rvec)[0]
+    assert _rotation_angle_deg(r_label, euler_to_matrix(10.0, 5.0, 0.0)) < 0.01
+    with pytest.raises(ValueError, match="label_frame must be"):
+        SceneConfig(label_frame="crop")

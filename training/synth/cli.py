@@ -132,6 +132,7 @@ def _scene_config(args):
         identity_seed=args.identity_seed,
         expression_prob=args.expressions,
         accessories=not args.no_accessories,
+        label_frame=args.label_frame,
     )
 
 
@@ -344,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of images with an expression (eyes closed, mouth open, smile)",
     )
     p.add_argument("--no-accessories", action="store_true", help="no glasses")
+    p.add_argument(
+        "--label-frame",
+        choices=("camera", "ray"),
+        default="camera",
+        help="label written to Pose_Para/index.csv: rotation in the camera frame (default, "
+        "exact for cam_K + pt2d) or relative to the viewing ray (what a centred crop shows)",
+    )
     _variation_args(p)
     p.add_argument(
         "--occluded-replica",

@@ -95,15 +95,24 @@ def encode_jpeg(image_rgb: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def sample_label(sample: SynthSample) -> np.ndarray:
+    """The written label (yaw, pitch, roll): camera-frame angles, or ray-relative ones
+    when the sample was rendered with ``label_frame="ray"``."""
+    if sample.label_frame == "ray":
+        return ray_relative_angles(sample.angles, sample.t_cm)
+    return np.asarray(sample.angles, np.float64)
+
+
 def sample_mat(sample: SynthSample) -> dict[str, np.ndarray]:
     """The ``.mat`` content of one sample (see the module docstring for the keys)."""
     cam = sample.camera
     yaw, pitch, roll = (float(a) for a in sample.angles)
+    label = sample_label(sample)
     depth = float(sample.t_cm[2])
     u0 = cam.fx * sample.t_cm[0] / depth + cam.cx
     v0 = cam.fy * sample.t_cm[1] / depth + cam.cy
     pose_para = euler_to_pose_para(
-        yaw, pitch, roll, translation=(u0, cam.height - 1 - v0, 0.0), scale=cam.fx / depth
+        *label, translation=(u0, cam.height - 1 - v0, 0.0), scale=cam.fx / depth
     )
     from training.synth.mesh import load_face_mesh
     from training.synth.renderer import optical_rotation
@@ -120,7 +129,8 @@ def sample_mat(sample: SynthSample) -> dict[str, np.ndarray]:
         "roi": sample.box.reshape(1, 4).astype(np.float32),
         "cam_K": cam.matrix,
         "cam_t_cm": np.asarray(sample.t_cm, np.float64).reshape(1, 3),
-        "angles_deg": np.asarray(sample.angles, np.float64).reshape(1, 3),
+        "angles_deg": np.asarray(label, np.float64).reshape(1, 3),
+        "angles_camera_deg": np.asarray(sample.angles, np.float64).reshape(1, 3),
         "shape_scale": np.asarray(sample.shape_scale, np.float64).reshape(1, 3),
         "identity": np.array([[int(sample.identity)]], dtype=np.int32),
         "pt3d_model": points.T.astype(np.float64),
@@ -132,7 +142,7 @@ def write_sample(out_dir: Path, name: str, sample: SynthSample) -> dict:
     """Write ``<name>.jpg`` + ``<name>.mat``; return the manifest row."""
     (out_dir / f"{name}.jpg").write_bytes(encode_jpeg(sample.image, sample.jpeg_quality))
     (out_dir / f"{name}.mat").write_bytes(mat_bytes(sample_mat(sample)))
-    yaw, pitch, roll = sample.angles
+    yaw, pitch, roll = sample_label(sample)
     x1, y1, x2, y2 = sample.box
     return {
         "name": name,

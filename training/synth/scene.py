@@ -176,6 +176,12 @@ class SceneConfig:
             defocus, motion blur, low resolution, a grey (monochrome) or near-infrared
             look, JPEG quality 25-60, clutter shapes over the background, another
             person's head partly in view behind.
+        label_frame: what ``Pose_Para`` / ``angles_deg`` / ``index.csv`` hold:
+            ``"camera"`` (default, as before): the head rotation in the camera frame,
+            exact for the pinhole (``cv2.solvePnP`` on ``pt2d`` and ``cam_K`` returns
+            it); ``"ray"``: the rotation relative to the viewing ray to the head
+            (what a crop centred on the face shows; equal for an on-axis head). Both
+            are always in the ``.mat`` (``angles_camera_deg``, ``angles_ray_deg``).
     """
 
     width: int = 224
@@ -208,6 +214,7 @@ class SceneConfig:
     low_jpeg_prob: float = 0.15
     clutter_prob: float = 0.35
     second_head_prob: float = 0.15
+    label_frame: str = "camera"
 
     def __post_init__(self) -> None:
         if self.identities is not None:
@@ -223,6 +230,8 @@ class SceneConfig:
             raise ValueError(f"focal_px must be 0 < min <= max, got {self.focal_px}")
         if not 0 < self.distance_cm[0] <= self.distance_cm[1]:
             raise ValueError(f"distance_cm must be 0 < min <= max, got {self.distance_cm}")
+        if self.label_frame not in ("camera", "ray"):
+            raise ValueError(f"label_frame must be 'camera' or 'ray', got {self.label_frame!r}")
         if not 1 <= self.lights[0] <= self.lights[1]:
             raise ValueError(f"lights must be 1 <= min <= max, got {self.lights}")
 
@@ -515,6 +524,7 @@ class SynthSample:
     shape_scale: np.ndarray = field(default_factory=lambda: np.ones(3))
     identity: int = -1
     landmarks_3d: np.ndarray | None = None  # (68, 3) model frame (cm), as rendered
+    label_frame: str = "camera"  # what the written label is: "camera" or "ray"
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -572,6 +582,7 @@ def render_sample(
         jpeg_quality=quality,
         info=info,
         shape_scale=shape_scale,
+        label_frame=config.label_frame,
     )
 
 
@@ -874,4 +885,5 @@ def _render_identity_sample(
         shape_scale=np.asarray(scale, np.float64),
         identity=identity,
         landmarks_3d=face[mesh_lm] * scale,
+        label_frame=config.label_frame,
     )

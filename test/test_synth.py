@@ -450,7 +450,9 @@ def test_procedural_texture_is_not_the_photo():
 
 @pytest.mark.parametrize("angles", [(0.0, 0.0, 0.0), (-50.0, 15.0, 12.0), (70.0, -10.0, -5.0)])
 def test_solvepnp_recovers_the_label_for_identities_with_expressions(tmp_path, angles):
-    config = SceneConfig(width=224, height=224, identities=(0, 50), expression_prob=1.0)
+    config = SceneConfig(
+        width=224, height=224, identities=(0, 50), expression_prob=1.0, label_frame="camera"
+    )
     sample = render_sample(sample_rng(3, 1), config, angles=angles, identity=7)
     assert sample.identity == 7 and sample.info["expression"] != "neutral"
     write_sample(tmp_path, "s", sample)
@@ -760,3 +762,7 @@ def test_label_frame_ray_writes_the_ray_relative_pose(tmp_path):
     assert _rotation_angle_deg(r_label, euler_to_matrix(10.0, 5.0, 0.0)) < 0.01
     with pytest.raises(ValueError, match="label_frame must be"):
         SceneConfig(label_frame="crop")
+    # auto: ray for the robot camera, camera frame for the fixed one and for legacy.
+    assert SceneConfig(identities=(0, 2)).resolved_label_frame == "ray"
+    assert SceneConfig(identities=(0, 2), camera_model="fixed").resolved_label_frame == "camera"
+    assert SceneConfig().resolved_label_frame == "camera"

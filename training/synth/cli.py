@@ -347,10 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accessories", action="store_true", help="no glasses")
     p.add_argument(
         "--label-frame",
-        choices=("camera", "ray"),
-        default="camera",
-        help="label written to Pose_Para/index.csv: rotation in the camera frame (default, "
-        "exact for cam_K + pt2d) or relative to the viewing ray (what a centred crop shows)",
+        choices=("auto", "camera", "ray"),
+        default="auto",
+        help="label written to Pose_Para/index.csv: rotation in the camera frame (exact "
+        "for cam_K + pt2d) or relative to the viewing ray (what a centred crop shows); "
+        "auto (default) = ray with --camera robot, camera otherwise",
     )
     _variation_args(p)
     p.add_argument(

@@ -177,11 +177,15 @@ class SceneConfig:
             look, JPEG quality 25-60, clutter shapes over the background, another
             person's head partly in view behind.
         label_frame: what ``Pose_Para`` / ``angles_deg`` / ``index.csv`` hold:
-            ``"camera"`` (default, as before): the head rotation in the camera frame,
-            exact for the pinhole (``cv2.solvePnP`` on ``pt2d`` and ``cam_K`` returns
-            it); ``"ray"``: the rotation relative to the viewing ray to the head
-            (what a crop centred on the face shows; equal for an on-axis head). Both
-            are always in the ``.mat`` (``angles_camera_deg``, ``angles_ray_deg``).
+            ``"camera"``: the head rotation in the camera frame, exact for the pinhole
+            (``cv2.solvePnP`` on ``pt2d`` and ``cam_K`` returns it); ``"ray"``: the
+            rotation relative to the viewing ray to the head, what a crop centred on
+            the face shows (equal for an on-axis head; a crop network can only learn
+            this one when heads are far off-axis); ``"auto"`` (default): ``"ray"``
+            for identities with ``camera_model="robot"``, ``"camera"`` otherwise (the
+            original renderer, whose heads stay within ~3.5 degrees of the axis).
+            Both are always in the ``.mat`` (``angles_camera_deg``,
+            ``angles_ray_deg``).
     """
 
     width: int = 224
@@ -214,7 +218,7 @@ class SceneConfig:
     low_jpeg_prob: float = 0.15
     clutter_prob: float = 0.35
     second_head_prob: float = 0.15
-    label_frame: str = "camera"
+    label_frame: str = "auto"
 
     def __post_init__(self) -> None:
         if self.identities is not None:
@@ -230,8 +234,18 @@ class SceneConfig:
             raise ValueError(f"focal_px must be 0 < min <= max, got {self.focal_px}")
         if not 0 < self.distance_cm[0] <= self.distance_cm[1]:
             raise ValueError(f"distance_cm must be 0 < min <= max, got {self.distance_cm}")
-        if self.label_frame not in ("camera", "ray"):
-            raise ValueError(f"label_frame must be 'camera' or 'ray', got {self.label_frame!r}")
+        if self.label_frame not in ("camera", "ray", "auto"):
+            raise ValueError(
+                f"label_frame must be 'camera', 'ray' or 'auto', got {self.label_frame!r}"
+            )
+
+    @property
+    def resolved_label_frame(self) -> str:
+        """``label_frame`` with ``"auto"`` resolved (see the class docstring)."""
+        if self.label_frame != "auto":
+            return self.label_frame
+        robot = self.identities is not None and self.camera_model == "robot"
+        return "ray" if robot else "camera"
         if not 1 <= self.lights[0] <= self.lights[1]:
             raise ValueError(f"lights must be 1 <= min <= max, got {self.lights}")
 
@@ -582,7 +596,7 @@ def render_sample(
         jpeg_quality=quality,
         info=info,
         shape_scale=shape_scale,
-        label_frame=config.label_frame,
+        label_frame=config.resolved_label_frame,
     )
 
 
@@ -885,5 +899,5 @@ def _render_identity_sample(
         shape_scale=np.asarray(scale, np.float64),
         identity=identity,
         landmarks_3d=face[mesh_lm] * scale,
-        label_frame=config.label_frame,
+        label_frame=config.resolved_label_frame,
     )

@@ -743,23 +743,31 @@ def test_cli_variation_options(tmp_path):
 
 
 def test_label_frame_ray_writes_the_ray_relative_pose(tmp_path):
-    from training.synth.scene import ray_relative_angles
+    from training.synth.scene import camera_angles_from_ray, ray_relative_angles
 
     config = SceneConfig(
         width=128, height=128, identities=(0, 4), focal_px=(300.0, 300.0), label_frame="ray"
     )
+    # The given pose is the label (what the crop shows); the render pose is derived.
     sample = render_sample(sample_rng(0, 1), config, angles=(10.0, 5.0, 0.0), identity=1)
     write_sample(tmp_path, "s", sample)
     mat = scipy.io.loadmat(tmp_path / "s.mat")
-    ray = ray_relative_angles(np.array([10.0, 5.0, 0.0]), sample.t_cm)
-    assert sample.info["off_axis_deg"] > 5 and np.abs(ray - [10, 5, 0]).max() > 3
-    np.testing.assert_allclose(pose_para_to_euler(mat["Pose_Para"]), ray, atol=1e-4)
-    np.testing.assert_allclose(mat["angles_ray_deg"].ravel(), ray, atol=1e-9)
-    np.testing.assert_allclose(mat["angles_camera_deg"].ravel(), [10, 5, 0])
-    # solvePnP on the pixels still returns the camera-frame rotation.
+    assert sample.info["off_axis_deg"] > 5
+    camera_angles = camera_angles_from_ray(np.array([10.0, 5.0, 0.0]), sample.t_cm)
+    assert np.abs(camera_angles - [10, 5, 0]).max() > 3
+    np.testing.assert_allclose(sample.angles, camera_angles, atol=1e-9)
+    np.testing.assert_allclose(pose_para_to_euler(mat["Pose_Para"]), [10, 5, 0], atol=1e-4)
+    np.testing.assert_allclose(mat["angles_ray_deg"].ravel(), [10, 5, 0], atol=1e-9)
+    np.testing.assert_allclose(mat["angles_camera_deg"].ravel(), camera_angles)
+    # solvePnP on the pixels returns the camera-frame rotation.
     ok, rvec, _ = cv2.solvePnP(mat["pt3d_model"].T, mat["pt2d"].T.astype(float), mat["cam_K"], None)
     r_label = MODEL_TO_OPTICAL @ cv2.Rodrigues(rvec)[0]
-    assert _rotation_angle_deg(r_label, euler_to_matrix(10.0, 5.0, 0.0)) < 0.01
+    assert _rotation_angle_deg(r_label, euler_to_matrix(*camera_angles)) < 0.01
+    # Past 90 degrees of yaw the continuous Euler triple is kept (no pitch/roll flip).
+    t = np.array([-30.0, 0.0, 60.0])
+    ray = ray_relative_angles(np.array([80.0, 3.0, 2.0]), t)
+    assert abs(ray[1]) < 20 and abs(ray[2]) < 20 and abs(ray[0]) > 90
+    np.testing.assert_allclose(camera_angles_from_ray(ray, t), [80.0, 3.0, 2.0], atol=1e-9)
     with pytest.raises(ValueError, match="label_frame must be"):
         SceneConfig(label_frame="crop")
     # auto: ray for the robot camera, camera frame for the fixed one and for legacy.

@@ -557,6 +557,9 @@ def render_sample(
 
     With ``config.identities`` the image shows identity ``identity`` (drawn from the
     range with ``rng`` when ``None``); otherwise the astronaut texture with jitter.
+    The drawn or given pose is the label: with ``label_frame`` ``"ray"`` the head is
+    rendered at the camera-frame rotation that shows that pose from its position
+    (``SynthSample.angles`` is always the camera-frame pose).
     """
     from training.synth.renderer import build_head_model, composite, render_head
 
@@ -761,27 +764,61 @@ def _second_head(
     return composite(result, background), other
 
 
-def ray_relative_angles(angles: np.ndarray, t_cm: np.ndarray) -> np.ndarray:
-    """(yaw, pitch, roll) of the head relative to the viewing ray to its origin.
+def _wrap180(a: np.ndarray) -> np.ndarray:
+    return (np.asarray(a, np.float64) + 180.0) % 360.0 - 180.0
 
-    What a crop centred on the head shows: the rotation seen by a camera turned
-    (by the smallest rotation) to look straight at the head. Equals ``angles`` for a
-    head on the optical axis.
+
+def closest_euler(matrix: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Euler angles (yaw, pitch, roll) of ``matrix`` nearest to ``reference``.
+
+    A rotation has two triples in this convention, ``(y, p, r)`` and ``(180 - y,
+    p + 180, r + 180)`` (wrapped); ``matrix_to_euler`` always returns |yaw| <= 90.
+    Past 90 degrees of yaw the other triple is the continuous one (yaw 95 rather
+    than yaw 85 with pitch and roll flipped).
     """
-    from lechpe_model.conventions import MODEL_TO_OPTICAL, euler_to_matrix, matrix_to_euler
+    from lechpe_model.conventions import matrix_to_euler
 
+    a = matrix_to_euler(matrix)
+    b = _wrap180(np.array([180.0 - a[0], a[1] + 180.0, a[2] + 180.0]))
+    ref = np.asarray(reference, np.float64)
+    dist = lambda x: np.abs(_wrap180(x - ref)).sum()  # noqa: E731
+    return a if dist(a) <= dist(b) else b
+
+
+def _ray_rotation(t_cm: np.ndarray) -> np.ndarray:
+    """Smallest rotation (optical frame) taking the optical axis onto the ray to ``t``."""
     d = np.asarray(t_cm, np.float64) / np.linalg.norm(t_cm)
     z = np.array([0.0, 0.0, 1.0])
     axis = np.cross(z, d)
     s, c = np.linalg.norm(axis), float(d @ z)
     if s < 1e-12:
-        q = np.eye(3)
-    else:
-        k = axis / s
-        kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-        q = np.eye(3) + s * kx + (1 - c) * kx @ kx  # rotates z onto d (optical frame)
+        return np.eye(3)
+    k = axis / s
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + s * kx + (1 - c) * kx @ kx
+
+
+def ray_relative_angles(angles: np.ndarray, t_cm: np.ndarray) -> np.ndarray:
+    """(yaw, pitch, roll) of the head relative to the viewing ray to its origin.
+
+    What a crop centred on the head shows: the rotation seen by a camera turned
+    (by the smallest rotation) to look straight at the head. Equals ``angles`` for a
+    head on the optical axis. ``angles`` are the camera-frame angles (degrees).
+    """
+    from lechpe_model.conventions import MODEL_TO_OPTICAL, euler_to_matrix
+
+    q = _ray_rotation(t_cm)
     r_opt = MODEL_TO_OPTICAL @ euler_to_matrix(*angles)
-    return matrix_to_euler(MODEL_TO_OPTICAL @ (q.T @ r_opt))
+    return closest_euler(MODEL_TO_OPTICAL @ (q.T @ r_opt), angles)
+
+
+def camera_angles_from_ray(ray_angles: np.ndarray, t_cm: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`ray_relative_angles`: camera-frame angles of a ray-relative pose."""
+    from lechpe_model.conventions import MODEL_TO_OPTICAL, euler_to_matrix
+
+    q = _ray_rotation(t_cm)
+    r_opt = q @ (MODEL_TO_OPTICAL @ euler_to_matrix(*ray_angles))
+    return closest_euler(MODEL_TO_OPTICAL @ r_opt, ray_angles)
 
 
 def _render_identity_sample(
@@ -826,6 +863,10 @@ def _render_identity_sample(
         t = placement(rng, camera, face_width, config)
         off_axis = math.degrees(math.atan(math.hypot(t[0], t[1]) / t[2]))
         cam_info = {"focal_px": camera.fx, "off_axis_deg": off_axis, "distance_cm": float(t[2])}
+    if config.resolved_label_frame == "ray":
+        # The drawn (or given) pose is the label, i.e. what the crop shows; the head is
+        # rendered at the camera-frame rotation that shows it from this position.
+        yaw, pitch, roll = camera_angles_from_ray(np.array([yaw, pitch, roll]), t)
     effects = []
     if background is None:
         background = random_background(rng, camera.width, camera.height, cc0_only=True)

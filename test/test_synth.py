@@ -417,6 +417,17 @@ def test_identity_is_a_pure_function_of_seed_and_id():
         assert d.max() < 1.6
     with pytest.raises(ValueError, match="identity id must be >= 0"):
         ident.identity_params(0, -1)
+    # The texture option changes only the base texture.
+    kinds = {ident.identity_params(0, k, "procedural")["texture"] for k in range(20)}
+    assert kinds == {"procedural"}
+    photo = [ident.identity_params(0, k, "photo") for k in range(20)]
+    assert {p["texture"] for p in photo} == {"astronaut", "astronaut_mirrored"}
+    assert all(
+        {**p, "texture": None} == {**ident.identity_params(0, k), "texture": None}
+        for k, p in enumerate(photo)
+    )
+    with pytest.raises(ValueError, match="texture must be one of"):
+        ident.identity_params(0, 1, "cartoon")
 
 
 def test_skin_tones_span_light_to_dark_and_follow_the_parameter():

@@ -130,6 +130,7 @@ def _scene_config(args):
         poses=PoseDistribution(kind=args.poses),
         identities=identity_range_of(args),
         identity_seed=args.identity_seed,
+        identity_texture=args.identity_texture,
         expression_prob=args.expressions,
         accessories=not args.no_accessories,
         label_frame=args.label_frame,
@@ -226,7 +227,7 @@ def run_bench(
         from training.synth.identity import build_identity
 
         for i in range(count):
-            build_identity(config.identity_seed, config.identity_of(i))
+            build_identity(config.identity_seed, config.identity_of(i), config.identity_texture)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for i in range(count):
         render_sample(sample_rng(seed, i), config, identity=config.identity_of(i))
@@ -354,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of images with an expression (eyes closed, mouth open, smile)",
     )
     p.add_argument("--no-accessories", action="store_true", help="no glasses")
+    p.add_argument(
+        "--identity-texture",
+        choices=("mix", "photo", "procedural"),
+        default="mix",
+        help="base face textures: astronaut photo + procedural (default), or one kind",
+    )
     p.add_argument(
         "--label-frame",
         choices=("auto", "camera", "ray"),

@@ -270,7 +270,9 @@ def write_dataset(
             "note": "identity k is a pure function of (identity_seed, k); "
             "identities.json lists the parameters of the identities used",
         }
-        params = {str(k): identity_params(config.identity_seed, k) for k in used}
+        params = {
+            str(k): identity_params(config.identity_seed, k, config.identity_texture) for k in used
+        }
         (out / "identities.json").write_text(json.dumps(params) + "\n", encoding="utf-8")
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return index_path

@@ -126,15 +126,31 @@ def _pick(rng: np.random.Generator, names: tuple[str, ...], probs) -> str:
     return names[int(rng.choice(len(names), p=np.asarray(probs, float)))]
 
 
-def identity_params(identity_seed: int, identity_id: int) -> dict:
-    """All random choices of one identity (JSON-friendly; pure function of the ids)."""
+#: ``texture`` choice of :func:`identity_params`: the drawn mix, or one kind only.
+TEXTURE_CHOICES = ("mix", "photo", "procedural")
+
+
+def identity_params(identity_seed: int, identity_id: int, texture: str = "mix") -> dict:
+    """All random choices of one identity (JSON-friendly; pure function of the ids).
+
+    ``texture``: ``"mix"`` keeps the drawn base texture (30 % astronaut, 30 %
+    mirrored astronaut, 40 % procedural); ``"photo"`` maps a procedural draw to the
+    astronaut (mirrored or not by the id's parity), ``"procedural"`` uses the
+    procedural texture for everyone. Every other parameter is unchanged.
+    """
     if identity_id < 0:
         raise ValueError(f"identity id must be >= 0, got {identity_id}")
+    if texture not in TEXTURE_CHOICES:
+        raise ValueError(f"texture must be one of {TEXTURE_CHOICES}, got {texture!r}")
     rng = np.random.default_rng([int(identity_seed), int(identity_id), IDENTITY_STREAM])
     shape = {
         k: float(np.clip(rng.normal(0.0, 0.5), -1.0, 1.0)) for k in SHAPE_AMPLITUDES_CM
     }  # fmt: skip
-    texture = _pick(rng, TEXTURES, [0.3, 0.3, 0.4])
+    drawn = _pick(rng, TEXTURES, [0.3, 0.3, 0.4])
+    if texture == "procedural":
+        drawn = "procedural"
+    elif texture == "photo" and drawn == "procedural":
+        drawn = ("astronaut", "astronaut_mirrored")[int(identity_id) % 2]
     hair_rgb = HAIR_PALETTE[int(rng.choice(len(HAIR_PALETTE), p=HAIR_PROBS))]
     hair_rgb = np.clip(hair_rgb * rng.uniform(0.85, 1.15), 0, 255)
     facial_hair = _pick(rng, FACIAL_HAIR, [0.62, 0.14, 0.07, 0.11, 0.06])
@@ -147,7 +163,7 @@ def identity_params(identity_seed: int, identity_id: int) -> dict:
         "shape": shape,
         "field_seed": int(rng.integers(2**31)),
         "shape_scale": [float(v) for v in 1.0 + rng.uniform(-0.06, 0.06, size=3)],
-        "texture": texture,
+        "texture": drawn,
         "skin_tone": float(rng.uniform(0.0, 1.0)),
         "skin_undertone": float(rng.uniform(-1.0, 1.0)),
         "skin_detail_seed": int(rng.integers(2**31)),
@@ -557,11 +573,11 @@ def _head_colours(params: dict, skin_rgb: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=1100)
-def build_identity(identity_seed: int, identity_id: int) -> Identity:
+def build_identity(identity_seed: int, identity_id: int, texture: str = "mix") -> Identity:
     """Geometry, texture and head colours of one identity (cached per process)."""
     from training.synth.scene import texture_base
 
-    params = identity_params(identity_seed, identity_id)
+    params = identity_params(identity_seed, identity_id, texture)
     mesh = load_face_mesh()
     vertices = mesh.vertices + shape_displacement(params)
     mirrored = params["texture"] == "astronaut_mirrored"

@@ -155,6 +155,9 @@ class SceneConfig:
             with per-image texture jitter (the renderer's original behaviour).
         identity_seed: seed of the identity generator (identity ``k`` is a function
             of ``(identity_seed, k)`` only).
+        identity_texture: base textures of the identities: ``"mix"`` (astronaut
+            photo, mirrored or not, and procedural), ``"photo"`` or ``"procedural"``
+            (:func:`training.synth.identity.identity_params`).
         expression_prob: share of images (identities only) with an expression (eyes
             closed, mouth open, smile).
         accessories: draw the identities' glasses.
@@ -200,6 +203,7 @@ class SceneConfig:
     poses: PoseDistribution = field(default_factory=PoseDistribution)
     identities: tuple[int, int] | None = None
     identity_seed: int = 0
+    identity_texture: str = "mix"
     expression_prob: float = 0.4
     accessories: bool = True
     camera_model: str = "robot"
@@ -736,7 +740,7 @@ def _second_head(
     other = start + int(rng.integers(stop - start))
     if other == identity and stop - start > 1:
         other = start + (other - start + 1) % (stop - start)
-    ident = build_identity(config.identity_seed, other)
+    ident = build_identity(config.identity_seed, other, config.identity_texture)
     yaw, pitch, roll = config.poses.sample(rng)
     side = -1 if rng.random() < 0.5 else 1
     u = camera.width * (0.5 + side * rng.uniform(0.45, 0.7))
@@ -840,7 +844,7 @@ def _render_identity_sample(
     from training.synth.renderer import build_head_model, composite, render_head
 
     model = build_head_model(config.head)
-    ident = build_identity(config.identity_seed, identity)
+    ident = build_identity(config.identity_seed, identity, config.identity_texture)
     yaw, pitch, roll = config.poses.sample(rng) if angles is None else angles
     expr = sample_expression(rng, config.expression_prob)
     face = ident.face_vertices + expression_displacement(ident.face_vertices, **expr)

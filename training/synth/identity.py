@@ -643,11 +643,18 @@ def glasses_polylines(params: dict, face_vertices: np.ndarray) -> list[np.ndarra
     b = rims[1][np.argmin(rims[1][:, 0])]
     mid = 0.5 * (a + b) + [0, 0.2, 0.1]
     lines.append(np.stack([a, mid, b]))
-    # Temples: from the outer rim edges back to above the ears.
-    for rim, ear in ((rims[0], v[127]), (rims[1], v[356])):
+    # Temples: from the outer rim edges past the temples (just outside the face and
+    # skull, so the depth test shows the near one) back to above the ears.
+    for rim, temple in ((rims[0], v[127]), (rims[1], v[356])):
         start = rim[np.argmax(np.abs(rim[:, 0]))]
-        end = np.array([ear[0] * 1.02, start[1] + 0.3, ear[2] - 5.0])
-        lines.append(np.linspace(start, end, 12))
+        side = np.sign(temple[0])
+        hinge = np.array([temple[0] + side * 0.35, start[1], start[2] - 1.0])
+        side_x = side * (abs(temple[0]) + 0.6)
+        mid = np.array([side_x, start[1] + 0.1, temple[2]])
+        end = np.array([side_x * 1.02, start[1] + 0.2, temple[2] - 6.0])
+        path = np.vstack([start, hinge, mid, end])
+        dense = [np.linspace(path[i], path[i + 1], 6, endpoint=False) for i in range(3)]
+        lines.append(np.vstack([*dense, end]))
     return lines
 
 

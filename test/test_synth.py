@@ -350,6 +350,10 @@ def test_cli_occluded_replica_uses_the_occlusion_generator(tmp_path):
         return
     assert cli.main(args) == 0
     assert len(list(dst.rglob("*.jpg"))) == 2 and len(list(dst.rglob("*.mat"))) == 2
+    for mat_path in src.glob("*.mat"):  # the identity travels with the replica
+        original = scipy.io.loadmat(mat_path)["identity"]
+        replica = scipy.io.loadmat(next(dst.rglob(mat_path.name)))["identity"]
+        assert replica.shape == (1, 1) and replica[0, 0] == original[0, 0] >= 0
 
 
 def test_shape_scale_changes_the_face_not_the_label():

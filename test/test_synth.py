@@ -789,3 +789,21 @@ def test_label_frame_ray_writes_the_ray_relative_pose(tmp_path):
     assert SceneConfig(identities=(0, 2)).resolved_label_frame == "ray"
     assert SceneConfig(identities=(0, 2), camera_model="fixed").resolved_label_frame == "camera"
     assert SceneConfig().resolved_label_frame == "camera"
+
+
+def test_ears_widen_the_frontal_silhouette_and_keep_the_labels():
+    from training.synth.identity import build_identity
+
+    camera = Camera.from_fov(128, 128, 30.0)
+    base = texture_base(False)
+    app = Appearance(base.rgb, base.tex_xy, np.array([0.0, 0.0, 1.0]))
+    t = np.array([0.0, 0.0, 70.0])
+    plain = render_head(build_head_model(True), app, 0, 0, 0, t, camera)
+    eared_model = build_head_model(True, ears=True)
+    eared = render_head(eared_model, app, 0, 0, 0, t, camera)
+    width = lambda r: np.ptp(np.nonzero(r.alpha.any(axis=0))[0])  # noqa: E731
+    assert width(eared) >= width(plain) + 2
+    np.testing.assert_array_equal(plain.landmarks, eared.landmarks)
+    n_extra = len(eared_model.vertices) - eared_model.n_face_vertices
+    assert eared_model.n_ear_vertices > 0
+    assert build_identity(0, 1).head_rgb.shape == (n_extra, 3)

@@ -532,10 +532,11 @@ def _head_colours(params: dict, skin_rgb: np.ndarray) -> np.ndarray:
     """Per-vertex base colours (RGB 0..255) of the skull ellipsoid and neck."""
     from training.synth.renderer import HEAD_CENTER_CM, build_head_model
 
-    model = build_head_model(True)
+    model = build_head_model(True, ears=True)
     nf = model.n_face_vertices
     verts = model.vertices[nf:]
-    n_head = len(verts) - model.n_neck_vertices
+    n_ear = model.n_ear_vertices
+    n_head = len(verts) - model.n_neck_vertices - n_ear
     rel_y = verts[:n_head, 1] - HEAD_CENTER_CM[1]
     rel_z = verts[:n_head, 2] - HEAD_CENTER_CM[2]
     style = params["hair_style"]
@@ -563,13 +564,19 @@ def _head_colours(params: dict, skin_rgb: np.ndarray) -> np.ndarray:
             ribs = 0.85 + 0.15 * np.cos(np.arctan2(verts[:n_head, 0], rel_z) * 18)
             colour = colour[None] * ribs[:, None]
         colours = colours * (1 - cover[:, None]) + colour * cover[:, None]
+    ear = np.asarray(skin_rgb, np.float32) * np.array([1.0, 0.93, 0.93], np.float32)
+    if wear == "headscarf":
+        ear = np.asarray(params["headwear_rgb"], np.float32)
+    elif style == "long":  # hair falls over the ears
+        ear = hair
+    ears = np.repeat(np.asarray(ear, np.float32)[None], n_ear, axis=0)
     neck = np.repeat(np.asarray(skin_rgb, np.float32)[None], model.n_neck_vertices, axis=0)
     if style == "long" and wear == "none":  # hair falls on the back of the neck
-        nz = verts[n_head:, 2]
-        ny = verts[n_head:, 1]
+        nz = verts[n_head + n_ear :, 2]
+        ny = verts[n_head + n_ear :, 1]
         back = np.clip(-(nz + 3.5) / 3.0, 0, 1) * np.clip((ny + 25) / 10, 0, 1)
         neck = neck * (1 - back[:, None]) + hair * back[:, None]
-    return np.concatenate([colours, neck]).astype(np.float32)
+    return np.concatenate([colours, ears, neck]).astype(np.float32)
 
 
 @lru_cache(maxsize=1100)

@@ -46,6 +46,12 @@ NECK_AXIS_XZ_CM = (0.0, -3.5)
 NECK_PIVOT_CM = (0.0, -10.0, -3.5)
 NECK_FOLLOW = 0.35
 
+#: Ears (``build_head_model(ears=True)``): flattened ellipsoids at the skull's sides,
+#: turned forward by EAR_TURN_DEG (cm, model frame; the image-right ear at +x).
+EAR_CENTER_CM = (8.0, 0.2, -4.3)
+EAR_RADII_CM = (0.55, 3.0, 1.7)
+EAR_TURN_DEG = 20.0
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -299,15 +305,18 @@ class HeadModel:
     hair_weight: np.ndarray  # (V - V_face,)
     brightness: np.ndarray  # (V - V_face,)
     n_neck_triangles: int = 0
+    n_ear_vertices: int = 0  # ears sit between the skull and the neck
 
 
 @lru_cache(maxsize=2)
-def build_head_model(with_head: bool = True) -> HeadModel:
+def build_head_model(with_head: bool = True, ears: bool = False) -> HeadModel:
     """The renderable head: face mesh, and (``with_head``) a skull/hair ellipsoid + neck.
 
     The ellipsoid (:data:`HEAD_CENTER_CM`, :data:`HEAD_RADII_CM`) stands in for the
     skull and hair the face-only mesh lacks, so profiles look like heads; it is hidden
     behind the face in frontal views. The neck is an elliptic cylinder below it.
+    ``ears`` (with ``with_head``; used by identities) adds two flattened ellipsoids at
+    the skull's sides (:data:`EAR_CENTER_CM`).
     """
     face = load_face_mesh()
     parts_v, parts_t = [face.vertices], [face.triangles]
@@ -326,11 +335,13 @@ def build_head_model(with_head: bool = True) -> HeadModel:
         head_hair = np.clip(0.5 + 0.3 * (rel_y + 2.0) + 0.3 * np.maximum(-rel_z, 0.0), 0, 1)
         # Fixed strand-like brightness variation (not part of any sample's randomness).
         noise = np.random.default_rng(12345).uniform(0.75, 1.2, size=len(hv))
-        parts_v += [hv, nv]
-        parts_t += [ht + offset, nt + offset + len(hv)]
-        normals += [vertex_normals(hv, ht), vertex_normals(nv, nt)]
-        hair = np.concatenate([head_hair, np.zeros(n_neck)])
-        bright = np.concatenate([noise, np.full(n_neck, 0.8)])
+        ear_v, ear_t = _ear_meshes() if ears else (np.zeros((0, 3)), np.zeros((0, 3), np.int64))
+        n_ear = len(ear_v)
+        parts_v += [hv, ear_v, nv]
+        parts_t += [ht + offset, ear_t + offset + len(hv), nt + offset + len(hv) + n_ear]
+        normals += [vertex_normals(hv, ht), vertex_normals(ear_v, ear_t), vertex_normals(nv, nt)]
+        hair = np.concatenate([head_hair, np.zeros(n_ear), np.zeros(n_neck)])
+        bright = np.concatenate([noise, np.full(n_ear, 0.9), np.full(n_neck, 0.8)])
     return HeadModel(
         face=face,
         vertices=np.concatenate(parts_v),
@@ -342,7 +353,21 @@ def build_head_model(with_head: bool = True) -> HeadModel:
         hair_weight=hair.astype(np.float32),
         brightness=bright.astype(np.float32),
         n_neck_triangles=len(nt) if with_head else 0,
+        n_ear_vertices=n_ear if with_head else 0,
     )
+
+
+def _ear_meshes() -> tuple[np.ndarray, np.ndarray]:
+    """Both ears: vertices and outward triangles (left ear first, then right)."""
+    verts, tris = [], []
+    for side in (-1.0, 1.0):
+        v, t = ellipsoid_mesh((0.0, 0.0, 0.0), EAR_RADII_CM, n_lat=8, n_lon=12)
+        a = math.radians(EAR_TURN_DEG) * side  # turn the ear's flat side forward
+        rot = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+        centre = np.array(EAR_CENTER_CM) * np.array([side, 1.0, 1.0])
+        tris.append(t + sum(len(x) for x in verts))
+        verts.append(v @ rot.T + centre)
+    return np.concatenate(verts), np.concatenate(tris)
 
 
 @dataclass(frozen=True)

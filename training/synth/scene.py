@@ -757,7 +757,7 @@ def _second_head(
         hair_rgb=ident.hair_rgb,
         **light,
     )
-    model = build_head_model(config.head)
+    model = build_head_model(config.head, ears=True)
     try:
         result = render_head(
             model, app, yaw, pitch, roll, t, camera, ident.shape_scale,
@@ -843,7 +843,7 @@ def _render_identity_sample(
     )
     from training.synth.renderer import build_head_model, composite, render_head
 
-    model = build_head_model(config.head)
+    model = build_head_model(config.head, ears=True)
     ident = build_identity(config.identity_seed, identity, config.identity_texture)
     yaw, pitch, roll = config.poses.sample(rng) if angles is None else angles
     expr = sample_expression(rng, config.expression_prob)

@@ -187,8 +187,9 @@ def make_identity_sheet(
 ) -> Path:
     """PNG grid of identities ``first .. first + count - 1``, one render each.
 
-    Each tile: a moderate pose (|yaw| <= 35), the identity's expression draw, a plain
-    background, and the identity id written in the corner.
+    Each tile: a moderate pose (|yaw| <= 35), the identity's expression draw, one or
+    two lights, a plain background (no camera effects), and the identity id written in
+    the corner.
     """
     from training.synth.scene import PoseDistribution, SceneConfig, render_sample, sample_rng
 
@@ -201,6 +202,16 @@ def make_identity_sheet(
         center_jitter=0.03,
         noise_std=(0.0, 0.0),
         poses=PoseDistribution(kind="uniform", yaw_range=35, pitch_range=12, roll_range=8),
+        # The people, not the camera: no blur, grey, clutter or second heads here.
+        camera_model="fixed",
+        lights=(1, 2),
+        defocus_prob=0.0,
+        motion_blur_prob=0.0,
+        low_res_prob=0.0,
+        grey_prob=0.0,
+        ir_prob=0.0,
+        clutter_prob=0.0,
+        second_head_prob=0.0,
     )
     tiles = []
     for k in range(count):

@@ -807,3 +807,15 @@ def test_ears_widen_the_frontal_silhouette_and_keep_the_labels():
     n_extra = len(eared_model.vertices) - eared_model.n_face_vertices
     assert eared_model.n_ear_vertices > 0
     assert build_identity(0, 1).head_rgb.shape == (n_extra, 3)
+
+
+def test_same_identity_same_shape_across_samples():
+    config = SceneConfig(width=96, height=96, identities=(0, 10), expression_prob=0.0)
+    a = render_sample(sample_rng(0, 1), config, identity=3)
+    b = render_sample(sample_rng(9, 9), config, identity=3)
+    c = render_sample(sample_rng(0, 1), config, identity=4)
+    assert not np.allclose(a.angles, b.angles)  # different images ...
+    np.testing.assert_array_equal(a.landmarks_3d, b.landmarks_3d)  # ... same person
+    np.testing.assert_array_equal(a.shape_scale, b.shape_scale)
+    assert a.info["texture"] == b.info["texture"] and a.info["skin_tone"] == b.info["skin_tone"]
+    assert np.abs(a.landmarks_3d - c.landmarks_3d).max() > 0.1  # another person

@@ -1,0 +1,67 @@
+"""Per-camera state of the node: topics, the latest-frame slot, counters, publishers."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Camera:
+    """One input stream: its topics, latest-frame slot, counters and publishers."""
+
+    index: int
+    name: str
+    image_topic: str
+    info_topic: str
+    prefix: str  # "" with one camera, "<name>/" with several
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: object = None
+    pending_time: float = 0.0
+    last_sequence: int | None = None
+    info: object = None
+    counters: object = None
+    input_rate: object = None
+    processed_rate: object = None
+    pub_pose: object = None
+    pub_poses: object = None
+    pub_faces: object = None
+    pub_debug: object = None
+    subscription: object = None
+    subscribed_topic: str = ""
+    reliability: str = ""  # "reliable" or "best_effort" (the QoS in use)
+
+    def offer(self, msg, now: float, sequence: int | None = None) -> None:
+        """Store the newest message; an untaken older one is dropped (counted).
+
+        ``sequence`` is the publisher's sequence number (DDS): a jump counts
+        the messages lost in transport (exact with one publisher per topic;
+        a lower number means another or a restarted publisher and is not counted).
+        """
+        with self.lock:
+            self.counters.received += 1
+            self.counters.last_receive = now
+            if sequence:
+                if self.last_sequence is not None and sequence > self.last_sequence + 1:
+                    self.counters.lost += sequence - self.last_sequence - 1
+                self.last_sequence = sequence
+            if self.pending is not None:
+                self.counters.dropped += 1
+            self.pending, self.pending_time = msg, now
+
+    def take(self):
+        with self.lock:
+            msg, when = self.pending, self.pending_time
+            self.pending = None
+            return msg, when
+
+    def record(self, kind: str, text: str) -> None:
+        """Count one ``rejected`` or ``failed`` frame and keep its reason."""
+        with self.lock:
+            setattr(self.counters, kind, getattr(self.counters, kind) + 1)
+            self.counters.last_error = f"{kind} frame: {text}"
+
+    def pending_age(self, now: float) -> float | None:
+        """Seconds the waiting frame has waited for the worker; None when none waits."""
+        with self.lock:
+            return None if self.pending is None else now - self.pending_time

@@ -284,21 +284,21 @@ def build_diagnostics(report: NodeReport, stamp) -> DiagnosticArray:
         faces=sum(c.counters.faces for c in cams),
     )
     camera_statuses = [camera_status(c, report.node_name) for c in cams]
-    level = max((_level(s) for s in camera_statuses), default=OK)
+    level = max((_level(s) for s in camera_statuses), default=_level(OK))
     message = (
         "running"
-        if level == OK
+        if level == _level(OK)
         else "; ".join(
             f"{c.name}: {s.message}"
             for c, s in zip(cams, camera_statuses, strict=True)
-            if _level(s) != OK
+            if _level(s) != _level(OK)
         )
     )
     worker_level, worker_message = worker_status(report)
-    if worker_level > level:
-        level, message = worker_level, worker_message
+    if _level(worker_level) > level:
+        level, message = _level(worker_level), worker_message
     summary = DiagnosticStatus(
-        level=level,
+        level=bytes([level]),
         name=f"{report.node_name}: head pose estimation",
         message=message,
         hardware_id=report.device,
@@ -332,8 +332,9 @@ def build_diagnostics(report: NodeReport, stamp) -> DiagnosticArray:
     return array
 
 
-def _level(status: DiagnosticStatus) -> int:
-    level = status.level  # a 'byte' field: bytes of length 1 in rclpy
+def _level(status) -> int:
+    """The level of a status (or a level constant) as an int."""
+    level = getattr(status, "level", status)  # a 'byte' field: bytes of length 1 in rclpy
     return level[0] if isinstance(level, bytes) else int(level)
 
 

@@ -39,6 +39,8 @@ class Camera:
         a lower number means another or a restarted publisher and is not counted).
         """
         with self.lock:
+            if sequence and sequence == self.last_sequence:
+                return  # the same sample through both readers while qos auto switches
             self.counters.received += 1
             self.counters.last_receive = now
             if sequence:

@@ -216,8 +216,10 @@ def _make_node_class():
             return qsel.choose_reliability(qsel.publishers_reliable(self, cam.subscribed_topic))
 
         def _subscribe(self, cam: Camera, reliability: str) -> None:
-            if cam.subscription is not None:
-                self.destroy_subscription(cam.subscription)
+            # Make before break: the new reader exists before the old one goes, so a
+            # frame sent during the switch still arrives (duplicates are dropped by
+            # sequence number in Camera.offer).
+            old = cam.subscription
             msg_type = CompressedImage if self.values["compressed_input"] else Image
             cam.subscription = self.create_subscription(
                 msg_type,
@@ -226,7 +228,8 @@ def _make_node_class():
                 qsel.qos_profile(reliability),
             )
             cam.reliability = reliability
-            cam.last_sequence = None  # a new reader: sequence numbers restart the comparison
+            if old is not None:
+                self.destroy_subscription(old)
 
         def _update_qos(self) -> None:
             """``qos: auto``: follow the publishers' reliability as they come and go."""

@@ -28,18 +28,22 @@ class Camera:
     pub_faces: object = None
     pub_debug: object = None
     subscription: object = None
+    retiring: object = None  # the previous reader while qos auto switches
+    switched_at: float = 0.0
     subscribed_topic: str = ""
     reliability: str = ""  # "reliable" or "best_effort" (the QoS in use)
 
-    def offer(self, msg, now: float, sequence: int | None = None) -> None:
+    def offer(self, msg, now: float, sequence: int | None = None, switching: bool = False) -> None:
         """Store the newest message; an untaken older one is dropped (counted).
 
         ``sequence`` is the publisher's sequence number (DDS): a jump counts
         the messages lost in transport (exact with one publisher per topic;
         a lower number means another or a restarted publisher and is not counted).
+        ``switching``: two readers are active (qos auto): a sample not newer than
+        the last one came through both and is ignored.
         """
         with self.lock:
-            if sequence and sequence == self.last_sequence:
+            if switching and sequence and self.last_sequence and sequence <= self.last_sequence:
                 return  # the same sample through both readers while qos auto switches
             self.counters.received += 1
             self.counters.last_receive = now

@@ -216,10 +216,12 @@ def _make_node_class():
             return qsel.choose_reliability(qsel.publishers_reliable(self, cam.subscribed_topic))
 
         def _subscribe(self, cam: Camera, reliability: str) -> None:
-            # Make before break: the new reader exists before the old one goes, so a
-            # frame sent during the switch still arrives (duplicates are dropped by
-            # sequence number in Camera.offer).
-            old = cam.subscription
+            # Make before break: the old reader stays until the new one has matched every
+            # publisher (see _update_qos), so no frame is lost in the switch; samples that
+            # come through both are dropped by sequence number (Camera.offer).
+            if cam.retiring is not None:
+                self.destroy_subscription(cam.retiring)
+            cam.retiring = cam.subscription
             msg_type = CompressedImage if self.values["compressed_input"] else Image
             cam.subscription = self.create_subscription(
                 msg_type,
@@ -228,13 +230,19 @@ def _make_node_class():
                 qsel.qos_profile(reliability),
             )
             cam.reliability = reliability
-            if old is not None:
-                self.destroy_subscription(old)
+            cam.switched_at = time.monotonic()
 
         def _update_qos(self) -> None:
             """``qos: auto``: follow the publishers' reliability as they come and go."""
             for cam in self.cameras:
-                wanted = self._auto_reliability(cam)
+                publishers = qsel.publishers_reliable(self, cam.subscribed_topic)
+                if cam.retiring is not None and (
+                    cam.subscription.get_publisher_count() >= len(publishers)
+                    or time.monotonic() - cam.switched_at > qsel.SWITCH_GRACE_S
+                ):
+                    self.destroy_subscription(cam.retiring)
+                    cam.retiring = None
+                wanted = qsel.choose_reliability(publishers)
                 if wanted != cam.reliability:
                     self.get_logger().info(
                         f"camera {cam.name}: input QoS {cam.reliability} -> {wanted} "
@@ -247,7 +255,7 @@ def _make_node_class():
             sequence = None
             if isinstance(info, dict):
                 sequence = info.get("publication_sequence_number")
-            cam.offer(msg, time.monotonic(), sequence)
+            cam.offer(msg, time.monotonic(), sequence, switching=cam.retiring is not None)
             self._wake.set()
 
         # ------------------------------------------------------------ worker

@@ -15,6 +15,8 @@ a best-effort reader drops a whole frame for one lost fragment; measured 27 to
 from __future__ import annotations
 
 QOS_AUTO = "auto"
+#: Longest time the previous reader is kept after a switch (until the new one matched).
+SWITCH_GRACE_S = 5.0
 RELIABLE = "reliable"
 BEST_EFFORT = "best_effort"
 

@@ -373,7 +373,8 @@ def _parse_metadata(
     integrity = data.pop(INTEGRITY_KEY, None) if isinstance(data, dict) else None
     if checksum is not None and not isinstance(checksum, str):
         raise CheckpointError(f"{path}: metadata field {CHECKSUM_KEY} must be a string")
-    if verify_integrity and isinstance(data, dict) and isinstance(checksum, str):
+    meta = ModelMetadata.from_dict(data, source=str(path))  # names a bad field first
+    if verify_integrity and isinstance(checksum, str):
         if integrity is None:
             raise CheckpointError(
                 f"{path}: no {INTEGRITY_KEY!r} in the metadata (written before metadata edits "
@@ -386,7 +387,7 @@ def _parse_metadata(
                 "fields such as bin width, input size or mean/std change the angles; "
                 "use the file as it was saved"
             )
-    return ModelMetadata.from_dict(data, source=str(path)), checksum
+    return meta, checksum
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:

@@ -150,7 +150,16 @@ def test_qos_auto_receives_every_frame_best_effort_loses_over_udp(model):
         values = client.wait_for(delivered, 60, f"{FRAMES} frames at the node", show=status)
         assert int(values["received_frames"]) == FRAMES
         assert int(values["lost_in_transport"]) == 0
-        assert values["qos"] == "reliable"
+        # The camera left: no publisher, back to best effort (re-evaluated as they go).
+        client.wait_for(
+            lambda: client.diag.get(status, {}).get("qos") == "best_effort",
+            30,
+            "qos auto back to best effort after the camera left",
+            show=status,
+        )
+        log = node.output()
+        assert "camera camera0: input QoS best_effort -> reliable" in log
+        assert "camera camera0: input QoS reliable -> best_effort" in log
         # The loss this fixes: the best-effort reader of the same frames missed some.
         assert best_effort < FRAMES, (
             f"best effort received all {FRAMES} frames over loopback UDP this time; "

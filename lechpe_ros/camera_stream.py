@@ -67,7 +67,23 @@ class Camera:
             setattr(self.counters, kind, getattr(self.counters, kind) + 1)
             self.counters.last_error = f"{kind} frame: {text}"
 
-    def pending_age(self, now: float) -> float | None:
-        """Seconds the waiting frame has waited for the worker; None when none waits."""
+    def report(self, now: float, timeout_s: float):
+        """``(diagnostics.CameraReport, seconds the waiting frame has waited or None)``."""
+        from lechpe_ros.diagnostics import CameraReport, StreamCounters
+
         with self.lock:
-            return None if self.pending is None else now - self.pending_time
+            counters = StreamCounters(**vars(self.counters))
+            waiting = None if self.pending is None else now - self.pending_time
+        silent = None if counters.last_receive is None else now - counters.last_receive
+        report = CameraReport(
+            name=self.name,
+            topic=self.image_topic,
+            counters=counters,
+            input_rate_hz=self.input_rate.update(counters.received, now),
+            processed_rate_hz=self.processed_rate.update(counters.processed, now),
+            silent_s=silent,
+            timeout_s=timeout_s,
+            has_camera_info=self.info is not None,
+            qos=self.reliability,
+        )
+        return report, waiting

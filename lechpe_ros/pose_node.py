@@ -36,14 +36,10 @@ import numpy as np
 
 from lechpe_ros.camera_stream import Camera
 from lechpe_ros.parameters import (
-    PARAMETERS,
-    SPECS,
     ParameterError,
     camera_info_topic_for,
     format_help,
     unknown_parameter_warnings,
-    validate_all,
-    validate_value,
 )
 from lechpe_ros.startup import (  # noqa: F401  (re-exported: the node's public names)
     HOW_TO_GET_WEIGHTS,
@@ -70,13 +66,13 @@ def _make_node_class():
     """Define the Node subclass (rclpy is imported only when the node really starts)."""
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseArray, PoseStamped
-    from rcl_interfaces.msg import SetParametersResult
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
     from lechpe_ros import diagnostics as diag
     from lechpe_ros import image_conversion as conv
+    from lechpe_ros import node_parameters
     from lechpe_ros import pose_messages as pm
     from lechpe_ros import qos_selection as qsel
 
@@ -85,10 +81,12 @@ def _make_node_class():
 
         def __init__(self, **kwargs) -> None:
             super().__init__(NODE_NAME, **kwargs)
-            self.values = self._declare_and_validate()
+            self.values = node_parameters.declare_and_validate(self)
             for warning in unknown_parameter_warnings(list(self._parameter_overrides)):
                 self.get_logger().warning(warning)
-            self.add_on_set_parameters_callback(self._on_set_parameters)
+            self.add_on_set_parameters_callback(
+                lambda params: node_parameters.on_set_parameters(self.values, params)
+            )
             self.estimator, self.backend, self.detector, self.model_path = build_estimator(
                 self.values
             )
@@ -116,70 +114,6 @@ def _make_node_class():
                 f"detector={self.detector.name}, image conversion={conv.converter_name()}, "
                 f"qos={self.values['qos']}, cameras={[c.image_topic for c in self.cameras]}"
             )
-
-        # ------------------------------------------------------------ parameters
-        def _declare_and_validate(self) -> dict:
-            from rclpy.exceptions import (
-                InvalidParameterTypeException,
-                InvalidParameterValueException,
-            )
-            from rclpy.parameter import Parameter
-
-            from lechpe_ros.parameters import descriptor
-
-            values = {}
-            for spec in PARAMETERS:
-                default = spec.default
-                if spec.kind == "string_array" and not default:
-                    default = Parameter.Type.STRING_ARRAY  # typed, initialised below
-                try:
-                    param = self.declare_parameter(spec.name, default, descriptor(spec))
-                except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
-                    raise ParameterError(f"parameter {spec.name}: {exc}") from exc
-                value = param.value
-                if value is None and spec.kind == "string_array":
-                    value = []
-                if spec.kind == "string_array":
-                    # YAML cannot type an empty list: [""] means "none given".
-                    value = (
-                        [v for v in value if v != ""]
-                        if spec.name != "image_topics"
-                        else list(value)
-                    )
-                if spec.kind == "double" and isinstance(value, int):
-                    value = float(value)
-                values[spec.name] = value
-            validate_all(values)
-            return values
-
-        def _on_set_parameters(self, params):
-            for param in params:
-                spec = SPECS.get(param.name)
-                if spec is None:
-                    continue
-                if not spec.dynamic:
-                    return SetParametersResult(
-                        successful=False,
-                        reason=f"{param.name} is read-only; restart the node to change it",
-                    )
-                try:
-                    value = param.value
-                    if (
-                        spec.kind == "double"
-                        and isinstance(value, int)
-                        and not isinstance(value, bool)
-                    ):
-                        value = float(value)
-                    validate_value(param.name, value)
-                except ParameterError as exc:
-                    return SetParametersResult(successful=False, reason=str(exc))
-            for param in params:
-                if param.name in SPECS:
-                    value = param.value
-                    self.values[param.name] = (
-                        float(value) if SPECS[param.name].kind == "double" else value
-                    )
-            return SetParametersResult(successful=True)
 
         # ------------------------------------------------------------ topics
         def _create_cameras(self) -> list[Camera]:
@@ -349,32 +283,12 @@ def _make_node_class():
         # ------------------------------------------------------------ diagnostics
         def _publish_diagnostics(self) -> None:
             now = time.monotonic()
-            reports, waiting = [], []
-            for cam in self.cameras:
-                with cam.lock:
-                    counters = diag.StreamCounters(**vars(cam.counters))
-                waiting.append(cam.pending_age(now))
-                silent = None if counters.last_receive is None else now - counters.last_receive
-                reports.append(
-                    diag.CameraReport(
-                        name=cam.name,
-                        topic=cam.image_topic,
-                        counters=counters,
-                        input_rate_hz=cam.input_rate.update(counters.received, now),
-                        processed_rate_hz=cam.processed_rate.update(counters.processed, now),
-                        silent_s=silent,
-                        timeout_s=self.values["camera_timeout_s"],
-                        has_camera_info=cam.info is not None,
-                        qos=cam.reliability,
-                    )
-                )
+            snapshots = [cam.report(now, self.values["camera_timeout_s"]) for cam in self.cameras]
+            reports = [r for r, _ in snapshots]
+            waiting = [w for _, w in snapshots if w is not None]
             received = sum(r.counters.received for r in reports)
-            handled = sum(
-                r.counters.received
-                - r.counters.dropped
-                - (1 if w is not None else 0)  # the frame still waiting is not handled yet
-                for r, w in zip(reports, waiting, strict=True)
-            )
+            # Taken by the worker: not overwritten in the slot and not waiting there.
+            handled = sum(r.counters.received - r.counters.dropped for r in reports) - len(waiting)
             report = diag.NodeReport(
                 node_name=self.get_name(),
                 backend=self.backend.name,
@@ -387,7 +301,7 @@ def _make_node_class():
                 stage_ms={k: w.percentiles((50,))[0] for k, w in list(self.stage_ms.items())},
                 cameras=reports,
                 worker_alive=self.worker.is_alive(),
-                worker_waiting_s=max((w for w in waiting if w is not None), default=None),
+                worker_waiting_s=max(waiting, default=None),
                 received_delta=received - self._ticks["received"],
                 handled_delta=handled - self._ticks["handled"],
                 worker_error=self._worker_error,

@@ -766,6 +766,28 @@ def test_corrupt_model_fails_at_start_with_path_and_instructions(assets):
     assert "Traceback" not in out
 
 
+def test_latency_only_for_stamps_on_the_node_clock(assets, client, node):
+    """Issue 13: bag/simulation stamps gave latency_p50_ms ~ 1.8e12. Frames stamped far
+    from the node's clock are left out with one WARN; a frame stamped now is counted."""
+    summary = "lechpe_pose: head pose estimation"
+    pub = client.publisher("/camera/image_raw", Image)
+    client.subscribe("/head_pose", PoseStamped)
+    client.wait_connected(pub, ["/head_pose"])
+    for stamp in ((40, 0), (41, 0)):  # a simulation clock, far from the wall clock
+        pub.publish(_frame_msg(assets, 1, stamp))
+        client.wait_for(lambda s=stamp: client.matched("/head_pose", s), ANSWER_TIMEOUT, "answer")
+    client.fresh_diagnostics()
+    assert client.diag[summary]["latency_p50_ms"] == "nan"  # every frame so far: other clock
+    assert node.output().count("image stamps are not comparable with the node's clock") == 1
+    now = client.node.get_clock().now().to_msg()
+    stamp = (int(now.sec), int(now.nanosec))
+    pub.publish(_frame_msg(assets, 1, stamp))
+    client.wait_for(lambda: client.matched("/head_pose", stamp), ANSWER_TIMEOUT, "answer now")
+    client.fresh_diagnostics()
+    latency = float(client.diag[summary]["latency_p50_ms"])
+    assert 0.0 < latency < ANSWER_TIMEOUT * 1000.0
+
+
 def test_unavailable_device_names_the_device_without_the_weights_hint(assets):
     # Before: exit 1 with the unrelated "To obtain weights" hint.
     rc, out = _run_node_to_exit(

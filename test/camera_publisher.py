@@ -1,6 +1,7 @@
-"""A camera in its own process: 640x480 bgr8 frames, RELIABLE, at a fixed rate.
+"""A camera in its own process: bgr8 frames (640x480 by default), RELIABLE, at a fixed rate.
 
-    python test/camera_publisher.py TOPIC --frames N --rate HZ [--best-effort] [--wait-subscribers K]
+    python test/camera_publisher.py TOPIC --frames N --rate HZ [--width W --height H]
+        [--best-effort] [--wait-subscribers K]
 
 Frames are stamped with the publisher's clock; frame_id is "frame_<k>" so a
 receiver can count exactly which arrived. Prints "matched" once K
@@ -26,6 +27,8 @@ def main() -> int:
     parser.add_argument("topic")
     parser.add_argument("--frames", type=int, default=25)
     parser.add_argument("--rate", type=float, default=5.0)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--best-effort", action="store_true")
     parser.add_argument("--wait-subscribers", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
@@ -49,11 +52,12 @@ def main() -> int:
     print("matched", flush=True)
     sys.stdin.readline()  # the test says go
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8).tobytes()
+    width, height = args.width, args.height
+    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()
     period = 1.0 / args.rate
     start = time.monotonic()
     for k in range(args.frames):
-        msg = Image(height=480, width=640, encoding="bgr8", step=640 * 3)
+        msg = Image(height=height, width=width, encoding="bgr8", step=width * 3)
         msg.header.stamp = node.get_clock().now().to_msg()
         msg.header.frame_id = f"frame_{k}"
         msg.data = pixels

@@ -185,3 +185,56 @@ def node_matched(client: Client, topic: str) -> bool:
         i.node_name == "lechpe_pose_udp" and i.qos_profile.reliability == ReliabilityPolicy.RELIABLE
         for i in infos
     )
+
+
+def test_robot_profile_carries_1080p_frames_in_shared_memory(tmp_path):
+    """config/fastdds_robot.xml: 1920x1080 bgr8 (6.2 MB) frames, best effort, all arrive.
+
+    The shipped profile's UDP transport is confined to 127.0.0.1 for this test (a
+    copy with an interface allowlist), so only the shared-memory segment size is
+    under test and nothing leaves this machine."""
+    import xml.etree.ElementTree as ET
+
+    ns = "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"
+    ET.register_namespace("", ns)
+    tree = ET.parse(TEST_DIR.parent / "config" / "fastdds_robot.xml")
+    for descriptor in tree.getroot().iter(f"{{{ns}}}transport_descriptor"):
+        if descriptor.find(f"{{{ns}}}type").text == "UDPv4":
+            allow = ET.SubElement(descriptor, f"{{{ns}}}interfaceWhiteList")
+            ET.SubElement(allow, f"{{{ns}}}address").text = "127.0.0.1"
+    confined = tmp_path / "robot_confined.xml"
+    tree.write(confined, xml_declaration=True, encoding="UTF-8")
+    env = dict(os.environ)
+    env["FASTDDS_DEFAULT_PROFILES_FILE"] = env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(confined)
+    frames = 20
+    procs = []
+    try:
+        counter = subprocess.Popen(
+            [sys.executable, str(TEST_DIR / "frame_counter.py"), "/hd_cam/image_raw"]
+            + ["--reliability", "best_effort", "--duration", "8", "--timeout", "180"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(counter)
+        assert _line(counter) == "ready"
+        camera = subprocess.Popen(
+            [sys.executable, str(TEST_DIR / "camera_publisher.py"), "/hd_cam/image_raw"]
+            + ["--frames", str(frames), "--rate", "5", "--width", "1920", "--height", "1080"]
+            + ["--best-effort", "--wait-subscribers", "1", "--timeout", "120"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(camera)
+        assert _line(camera) == "matched"
+        camera.stdin.write("go\n")
+        camera.stdin.flush()
+        assert _line(camera) == f"sent {frames}"
+        assert _line(counter) == f"received {frames}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)

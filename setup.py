@@ -26,6 +26,7 @@ setup(
         "runtime": [
             "numpy>=2",
             "opencv-python-headless<5",
+            "pillow",  # quiet PNG/JPEG/GIF decoding of compressed images (image_checks)
             "scipy",
             "onnxruntime",
             "safetensors",

@@ -4,9 +4,13 @@
     ros2 launch lechpe_ros pose.launch.py cameras:=/front/image_raw,/back/image_raw camera_names:=front,back
     ros2 launch lechpe_ros pose.launch.py params_file:=/path/to/my_pose.yaml backend:=tensorrt namespace:=robot1
 
+    ros2 launch lechpe_ros pose.launch.py dds_profile:=robot   # shipped Fast DDS profile
+
 Several cameras run in ONE node that shares one inference engine (docs/NODE.md,
 "Several cameras"); each camera's outputs are prefixed with its name.
-Arguments override the params file (default: the package's config/pose.yaml).
+Arguments override the params file (default: the package's config/pose.yaml)
+only when given: an argument left empty keeps the file's value
+(lechpe_ros.parameters.launch_overrides decides, tested without launch).
 """
 
 from launch import LaunchDescription
@@ -15,10 +19,16 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from lechpe_ros.dds_profile import dds_profile_environment
 from lechpe_ros.parameters import launch_overrides
 
 ARGUMENTS = (
-    ("camera_topic", "/camera/image_raw", "Image topic of the camera (sensor_msgs/Image)."),
+    (
+        "camera_topic",
+        "",
+        "Image topic of the camera (sensor_msgs/Image); empty keeps the params file's "
+        "image_topics (default /camera/image_raw).",
+    ),
     (
         "cameras",
         "",
@@ -35,7 +45,18 @@ ARGUMENTS = (
         "Inference backend: auto, tensorrt, onnxruntime or torch; empty keeps the params file's.",
     ),
     ("namespace", "", "Namespace of the node and of its outputs."),
-    ("use_sim_time", "false", "Use /clock (true for bag replay and simulation)."),
+    (
+        "use_sim_time",
+        "",
+        "true: use /clock (bag replay, simulation); false: wall clock; empty keeps the "
+        "params file's (default false).",
+    ),
+    (
+        "dds_profile",
+        "",
+        "Fast DDS profile for the node: 'robot' (config/fastdds_robot.xml: large shared "
+        "memory, larger UDP buffers), a path to an XML profile, or empty (environment's).",
+    ),
 )
 
 
@@ -49,6 +70,8 @@ def _pose_node(context, *args, **kwargs):
         use_sim_time=value["use_sim_time"],
     )
     params_file = LaunchConfiguration("params_file").perform(context)
+    config_dir = PathJoinSubstitution([FindPackageShare("lechpe_ros"), "config"]).perform(context)
+    environment = dds_profile_environment(value["dds_profile"], config_dir)
     return [
         Node(
             package="lechpe_ros",
@@ -58,6 +81,7 @@ def _pose_node(context, *args, **kwargs):
             parameters=[params_file, overrides],
             output="screen",
             emulate_tty=True,
+            additional_env=environment,
         )
     ]
 
@@ -72,14 +96,5 @@ def generate_launch_description() -> LaunchDescription:
         )
     ]
     for name, default, description in ARGUMENTS:
-        if name == "use_sim_time":
-            declared.append(
-                DeclareLaunchArgument(
-                    name, default_value=default, description=description, choices=["true", "false"]
-                )
-            )
-        else:
-            declared.append(
-                DeclareLaunchArgument(name, default_value=default, description=description)
-            )
+        declared.append(DeclareLaunchArgument(name, default_value=default, description=description))
     return LaunchDescription([*declared, OpaqueFunction(function=_pose_node)])

@@ -10,7 +10,11 @@ Layout (the standard safetensors format, nothing pickled)::
 The ``lechpe_metadata`` object holds the :class:`ModelMetadata` fields plus
 ``weights_sha256``, a hash of every tensor (name, dtype, shape, bytes, in name
 order), so that a flipped bit in the weights is reported instead of silently
-producing wrong poses.  It is the only ``__metadata__`` key because safetensors
+producing wrong poses, and ``integrity_sha256``, a hash of ``weights_sha256``
+and every other metadata field (canonical JSON), so that an edit of the
+metadata that still loads (bin width, input size, normalisation ...) is refused
+too. Files written before ``integrity_sha256`` existed are refused; upgrade
+one whose provenance you trust with :func:`rehash_checkpoint`.  It is the only ``__metadata__`` key because safetensors
 writes several keys in a random order, and the same model must give the same
 bytes.
 
@@ -53,6 +57,9 @@ ARCHITECTURE_LATENT_DIMS: dict[str, int] = {
 
 METADATA_KEY = "lechpe_metadata"
 CHECKSUM_KEY = "weights_sha256"  # inside the lechpe_metadata object
+#: sha256 over the weights checksum and every other metadata field (bin width,
+#: input size, mean/std, ...): metadata edits change the angles, so they are refused.
+INTEGRITY_KEY = "integrity_sha256"
 
 # A safetensors header larger than this is not one of ours (corrupt length field).
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -343,16 +350,44 @@ def _read_header(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str
     return header, metadata
 
 
-def _parse_metadata(path, metadata: dict[str, str]) -> tuple[ModelMetadata, str | None]:
-    """(validated metadata, stored weights checksum or None)."""
+def _integrity_digest(weights_sha256: str, metadata: dict[str, Any]) -> str:
+    """sha256 over the weights checksum and the canonical JSON of the other metadata."""
+    canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{weights_sha256}|{canonical}".encode()).hexdigest()
+
+
+def _parse_metadata(
+    path, metadata: dict[str, str], verify_integrity: bool = True
+) -> tuple[ModelMetadata, str | None]:
+    """(validated metadata, stored weights checksum or None).
+
+    Raises:
+        CheckpointError: invalid JSON or fields, a missing ``integrity_sha256``
+            (a file from before it existed) or one that does not match.
+    """
     try:
         data = json.loads(metadata[METADATA_KEY])
     except (TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: {METADATA_KEY} is not valid JSON: {exc}") from exc
     checksum = data.pop(CHECKSUM_KEY, None) if isinstance(data, dict) else None
+    integrity = data.pop(INTEGRITY_KEY, None) if isinstance(data, dict) else None
     if checksum is not None and not isinstance(checksum, str):
         raise CheckpointError(f"{path}: metadata field {CHECKSUM_KEY} must be a string")
-    return ModelMetadata.from_dict(data, source=str(path)), checksum
+    meta = ModelMetadata.from_dict(data, source=str(path))  # names a bad field first
+    if verify_integrity and isinstance(checksum, str):
+        if integrity is None:
+            raise CheckpointError(
+                f"{path}: no {INTEGRITY_KEY!r} in the metadata (written before metadata edits "
+                "were checked); re-save it with lechpe_model.checkpoint.rehash_checkpoint if "
+                "you trust where it comes from"
+            )
+        if integrity != _integrity_digest(checksum, data):
+            raise CheckpointError(
+                f"{path}: metadata changed after saving ({INTEGRITY_KEY} does not match): "
+                "fields such as bin width, input size or mean/std change the angles; "
+                "use the file as it was saved"
+            )
+    return meta, checksum
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
@@ -487,7 +522,6 @@ def save_checkpoint(
         The metadata written.
     """
     import torch
-    from safetensors.torch import save_file
 
     if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be None, torch.float32, float16 or bfloat16, got {dtype}")
@@ -499,7 +533,21 @@ def save_checkpoint(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[name] = value.clone()
-    header = dict(json.loads(meta_json), **{CHECKSUM_KEY: _weights_digest(tensors)})
+    _write_checkpoint(path, tensors, json.loads(meta_json), _weights_digest(tensors))
+    return ModelMetadata.from_dict(json.loads(meta_json), source=str(path))
+
+
+def _write_checkpoint(path, tensors: dict, metadata: dict[str, Any], weights_sha256: str) -> None:
+    """Atomic write of tensors + metadata with both checksums."""
+    from safetensors.torch import save_file
+
+    header = dict(
+        metadata,
+        **{
+            CHECKSUM_KEY: weights_sha256,
+            INTEGRITY_KEY: _integrity_digest(weights_sha256, metadata),
+        },
+    )
     header_meta = {METADATA_KEY: json.dumps(header, sort_keys=True)}
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -512,4 +560,26 @@ def save_checkpoint(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return ModelMetadata.from_dict(json.loads(meta_json), source=str(path))
+
+
+def rehash_checkpoint(path: str | os.PathLike, out: str | os.PathLike | None = None) -> None:
+    """Add ``integrity_sha256`` to a checkpoint written before it existed (in place or to ``out``).
+
+    Tensors and metadata are kept byte for byte; the weights must match their
+    stored ``weights_sha256``. It cannot tell whether the metadata was edited
+    before: use it only on files whose provenance you trust.
+
+    Raises:
+        CheckpointError: unreadable file or corrupt weights.
+    """
+    from safetensors.torch import load_file
+
+    _, raw_meta = _read_header(path)
+    _parse_metadata(path, raw_meta, verify_integrity=False)  # validates the fields
+    data = json.loads(raw_meta[METADATA_KEY])
+    stored = data.pop(CHECKSUM_KEY, None)
+    data.pop(INTEGRITY_KEY, None)
+    tensors = load_file(str(path), device="cpu")
+    if stored is None or _weights_digest(tensors) != stored:
+        raise CheckpointError(f"{path}: corrupt weights (sha256 of the tensors does not match)")
+    _write_checkpoint(out or path, tensors, data, stored)

@@ -43,7 +43,7 @@ class ParamSpec:
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 DETECTORS = ("auto", "yuface", "yunet", "haar")
-QOS_CHOICES = ("sensor_data", "reliable")
+QOS_CHOICES = ("auto", "sensor_data", "reliable")
 
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec(
@@ -75,10 +75,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "qos",
-        "sensor_data",
+        "auto",
         "string",
-        "Input QoS: sensor_data (best effort, matches reliable and best-effort cameras) "
-        "or reliable (matches reliable cameras only).",
+        "Input QoS: auto (reliable while every publisher of the topic is reliable, else best "
+        "effort; re-checked as publishers come and go), sensor_data (best effort, matches every "
+        "camera, frames may be lost over UDP) or reliable (reliable cameras only).",
         choices=QOS_CHOICES,
     ),
     ParamSpec(
@@ -382,27 +383,36 @@ def camera_info_topic_for(image_topic: str) -> str:
 
 
 def launch_overrides(
-    camera_topic: str,
+    camera_topic: str = "",
     cameras: str = "",
     camera_names: str = "",
     backend: str = "",
-    use_sim_time: str | bool = False,
+    use_sim_time: str | bool = "",
 ) -> dict:
     """Parameter overrides ``launch/pose.launch.py`` gives the node, from its string arguments.
 
+    Only the arguments that were given (not empty) override the params file:
+    launch passes these after the file, so a default here would silently
+    replace the file's cameras or sim time.
+
     Args:
-        camera_topic: the single camera's image topic.
+        camera_topic: the single camera's image topic; empty keeps the params file's.
         cameras: comma-separated image topics; when given it replaces ``camera_topic``
             (one node, one shared engine, outputs prefixed by the camera names).
         camera_names: comma-separated names for ``cameras`` (optional).
         backend: overrides the params file's backend when not empty.
-        use_sim_time: ``"true"``/``"false"`` (launch arguments are strings) or a bool.
+        use_sim_time: ``"true"``/``"false"`` (launch arguments are strings) or a bool;
+            empty keeps the params file's (default false).
 
     Raises:
         ParameterError: an unknown backend or a use_sim_time that is not true/false.
     """
-    topics = [t.strip() for t in cameras.split(",") if t.strip()] or [camera_topic.strip()]
-    overrides: dict = {"image_topics": topics}
+    overrides: dict = {}
+    topics = [t.strip() for t in cameras.split(",") if t.strip()] or (
+        [camera_topic.strip()] if camera_topic.strip() else []
+    )
+    if topics:
+        overrides["image_topics"] = topics
     names = [n.strip() for n in camera_names.split(",") if n.strip()]
     if names:
         overrides["camera_names"] = names
@@ -410,8 +420,31 @@ def launch_overrides(
         validate_value("backend", backend)
         overrides["backend"] = backend
     if isinstance(use_sim_time, str):
+        if use_sim_time.strip() == "":
+            return overrides
         if use_sim_time.lower() not in ("true", "false"):
             raise ParameterError(f"use_sim_time = {use_sim_time!r}: must be true or false")
         use_sim_time = use_sim_time.lower() == "true"
     overrides["use_sim_time"] = bool(use_sim_time)
     return overrides
+
+
+def unknown_parameter_warnings(names: list[str]) -> list[str]:
+    """One warning per parameter name the node does not know (a misspelling is ignored by ROS).
+
+    ``use_sim_time`` and other names every ROS node has are not reported;
+    the closest known name is suggested.
+    """
+    import difflib
+
+    known_elsewhere = {"use_sim_time", "start_type_description_service"}
+    warnings = []
+    for name in sorted(set(names)):
+        if name in SPECS or name in known_elsewhere or name.startswith("qos_overrides."):
+            continue
+        close = difflib.get_close_matches(name, list(SPECS), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(
+            f"unknown parameter {name!r} is ignored{hint}; `pose_node --help` lists them"
+        )
+    return warnings

@@ -8,6 +8,10 @@ one-element slot (a message still waiting there is overwritten and counted as
 every camera, converts it, runs detection + the network, and publishes. The
 executor therefore never blocks on inference, there is never a backlog, and
 under overload the node processes the newest frames and counts the rest.
+Every exception from one frame is caught, counted (``rejected`` for frames
+that cannot be used, ``failed`` otherwise) and logged (throttled): the worker
+cannot die from a frame, and a watchdog in the diagnostics reports ERROR if it
+stops anyway (lechpe_ros/diagnostics.py).
 
 Multi-camera: one node, one engine, ``image_topics`` lists the cameras. A
 processing cycle takes the newest frame of each camera and runs them back to
@@ -16,6 +20,10 @@ back through the shared engine. With one camera the outputs are ``head_pose``,
 camera's outputs carry its name as a prefix (``front/head_pose``, ...), the
 same names one node per camera in namespace ``front`` would give. See
 docs/NODE.md.
+
+Per-camera state lives in camera_stream.py, start-up in startup.py, the input
+QoS (``qos: auto``) in qos_selection.py and the diagnostics logic in
+diagnostics.py.
 """
 
 from __future__ import annotations
@@ -23,38 +31,29 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from lechpe_ros.camera_stream import Camera
 from lechpe_ros.parameters import (
-    PARAMETERS,
-    SPECS,
     ParameterError,
     camera_info_topic_for,
     format_help,
-    validate_all,
-    validate_value,
+    unknown_parameter_warnings,
+)
+from lechpe_ros.startup import (  # noqa: F401  (re-exported: the node's public names)
+    HOW_TO_GET_WEIGHTS,
+    StartupError,
+    build_estimator,
+    resolve_model_path,
 )
 
 NODE_NAME = "lechpe_pose"
-
-#: How users get weights; appended to every model loading error.
-HOW_TO_GET_WEIGHTS = (
-    "To obtain weights: leave model_path empty to use the default model shipped in "
-    "lechpe_model/assets (reinstall the package if it is missing), train one with "
-    "`lechpe-train` (docs/RESULTS.md), or export a trained checkpoint to ONNX with "
-    "`lechpe-export` and pass that file."
-)
-
 EXIT_OK = 0
 EXIT_MODEL = 1
 EXIT_PARAMETERS = 2
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (model, detector); the text says what and how to fix it."""
+#: Seconds between re-evaluations of ``qos: auto`` (publishers come and go).
+QOS_CHECK_PERIOD_S = 1.0
 
 
 def _wants_help(args: list[str]) -> bool:
@@ -63,162 +62,40 @@ def _wants_help(args: list[str]) -> bool:
     return any(a in ("-h", "--help") for a in user_args)
 
 
-def resolve_model_path(model_path: str) -> Path:
-    """The model file to load: ``model_path`` or the embedded default model.
-
-    Raises:
-        StartupError: the file does not exist (names the path and how to get weights).
-    """
-    if model_path:
-        path = Path(model_path).expanduser()
-        if not path.is_file():
-            raise StartupError(f"model file not found: {path}. {HOW_TO_GET_WEIGHTS}")
-        return path
-    try:
-        from lechpe_model.default_model import default_model_path
-
-        path = Path(default_model_path())
-    except Exception as exc:  # ImportError or the asset's own error
-        raise StartupError(
-            f"no model_path given and the default model is unavailable ({exc}). {HOW_TO_GET_WEIGHTS}"
-        ) from exc
-    if not path.is_file():
-        raise StartupError(
-            f"no model_path given and the default model is missing at {path}. {HOW_TO_GET_WEIGHTS}"
-        )
-    return path
-
-
-def build_estimator(values: dict):
-    """Detector + backend + PoseEstimator from the node parameters.
-
-    Returns:
-        ``(estimator, backend, detector, model_path)``.
-
-    Raises:
-        StartupError: naming the model path / detector and what to do.
-    """
-    from lechpe_model.backends import create_backend
-    from lechpe_model.detection import create_detector
-    from lechpe_model.pipeline import PoseEstimator
-
-    model_path = resolve_model_path(values["model_path"])
-    # Backends ignore the options that do not concern them.
-    options = {
-        "precision": values["tensorrt_precision"],
-        "force_rebuild": values["force_engine_rebuild"],
-    }
-    if values["engine_cache_dir"]:
-        options["cache_dir"] = values["engine_cache_dir"]
-    try:
-        backend = create_backend(values["backend"], model_path, device=values["device"], **options)
-    except Exception as exc:  # CheckpointError, BackendUnavailable, ORT/torch load errors
-        raise StartupError(
-            f"cannot load model {model_path} with backend {values['backend']!r}: "
-            f"{type(exc).__name__}: {exc}. {HOW_TO_GET_WEIGHTS}"
-        ) from exc
-    try:
-        detector = create_detector(
-            values["detector"],
-            score_threshold=values["detection_threshold"],
-            model_path=values["detector_model_path"] or None,
-            max_input_side=values["max_detection_side"] or None,
-        )
-    except Exception as exc:
-        raise StartupError(f"cannot create face detector {values['detector']!r}: {exc}") from exc
-    estimator = PoseEstimator(
-        detector=detector,
-        backend=backend,
-        max_faces=values["max_faces"],
-        detect_every=values["detect_every"],
-    )
-    try:  # first-call allocations / autotuning now, not on the first camera frame
-        backend.warmup()
-    except Exception as exc:
-        raise StartupError(
-            f"model {model_path} fails on a test input: {exc}. {HOW_TO_GET_WEIGHTS}"
-        ) from exc
-    return estimator, backend, detector, model_path
-
-
-@dataclass
-class Camera:
-    """One input stream: its topics, latest-frame slot, counters and publishers."""
-
-    index: int
-    name: str
-    image_topic: str
-    info_topic: str
-    prefix: str  # "" with one camera, "<name>/" with several
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    pending: object = None
-    pending_time: float = 0.0
-    last_sequence: int | None = None
-    info: object = None
-    counters: object = None
-    input_rate: object = None
-    processed_rate: object = None
-    pub_pose: object = None
-    pub_poses: object = None
-    pub_faces: object = None
-    pub_debug: object = None
-
-    def offer(self, msg, now: float, sequence: int | None = None) -> None:
-        """Store the newest message; an untaken older one is dropped (counted).
-
-        ``sequence`` is the publisher's sequence number (DDS): a jump counts
-        the messages lost in transport (exact with one publisher per topic;
-        a lower number means another or a restarted publisher and is not counted).
-        """
-        with self.lock:
-            self.counters.received += 1
-            self.counters.last_receive = now
-            if sequence:
-                if self.last_sequence is not None and sequence > self.last_sequence + 1:
-                    self.counters.lost += sequence - self.last_sequence - 1
-                self.last_sequence = sequence
-            if self.pending is not None:
-                self.counters.dropped += 1
-            self.pending, self.pending_time = msg, now
-
-    def take(self):
-        with self.lock:
-            msg, when = self.pending, self.pending_time
-            self.pending = None
-            return msg, when
-
-
 def _make_node_class():
     """Define the Node subclass (rclpy is imported only when the node really starts)."""
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseArray, PoseStamped
-    from rcl_interfaces.msg import SetParametersResult
     from rclpy.node import Node
-    from rclpy.qos import (
-        HistoryPolicy,
-        QoSProfile,
-        ReliabilityPolicy,
-        qos_profile_sensor_data,
-    )
+    from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
     from lechpe_ros import diagnostics as diag
     from lechpe_ros import image_conversion as conv
+    from lechpe_ros import node_parameters
     from lechpe_ros import pose_messages as pm
+    from lechpe_ros import qos_selection as qsel
 
     class PoseNode(Node):
         """Head pose estimation node (see the module docstring)."""
 
         def __init__(self, **kwargs) -> None:
             super().__init__(NODE_NAME, **kwargs)
-            self.values = self._declare_and_validate()
-            self.add_on_set_parameters_callback(self._on_set_parameters)
+            self.values = node_parameters.declare_and_validate(self)
+            for warning in unknown_parameter_warnings(list(self._parameter_overrides)):
+                self.get_logger().warning(warning)
+            self.add_on_set_parameters_callback(
+                lambda params: node_parameters.on_set_parameters(self.values, params)
+            )
             self.estimator, self.backend, self.detector, self.model_path = build_estimator(
                 self.values
             )
             self.latency = diag.LatencyWindow()
             self.processing = diag.LatencyWindow()
             self.stage_ms: dict[str, diag.LatencyWindow] = {}
+            self._stamp_warned = False
+            self._worker_error = ""
+            self._ticks = {"received": 0, "handled": 0}
             self._wake = threading.Event()
             self._stop = threading.Event()
             self.cameras = self._create_cameras()
@@ -226,6 +103,8 @@ def _make_node_class():
             self.diag_timer = self.create_timer(
                 self.values["diagnostics_period_s"], self._publish_diagnostics
             )
+            if self.values["qos"] == qsel.QOS_AUTO:
+                self.qos_timer = self.create_timer(QOS_CHECK_PERIOD_S, self._update_qos)
             self.worker = threading.Thread(
                 target=self._work, name="lechpe_pose_worker", daemon=True
             )
@@ -233,87 +112,14 @@ def _make_node_class():
             self.get_logger().info(
                 f"ready: backend={self.backend.name} on {self.backend.device}, model={self.model_path}, "
                 f"detector={self.detector.name}, image conversion={conv.converter_name()}, "
-                f"cameras={[c.image_topic for c in self.cameras]}"
+                f"qos={self.values['qos']}, cameras={[c.image_topic for c in self.cameras]}"
             )
-
-        # ------------------------------------------------------------ parameters
-        def _declare_and_validate(self) -> dict:
-            from rclpy.exceptions import (
-                InvalidParameterTypeException,
-                InvalidParameterValueException,
-            )
-            from rclpy.parameter import Parameter
-
-            from lechpe_ros.parameters import descriptor
-
-            values = {}
-            for spec in PARAMETERS:
-                default = spec.default
-                if spec.kind == "string_array" and not default:
-                    default = Parameter.Type.STRING_ARRAY  # typed, initialised below
-                try:
-                    param = self.declare_parameter(spec.name, default, descriptor(spec))
-                except (InvalidParameterValueException, InvalidParameterTypeException) as exc:
-                    raise ParameterError(f"parameter {spec.name}: {exc}") from exc
-                value = param.value
-                if value is None and spec.kind == "string_array":
-                    value = []
-                if spec.kind == "string_array":
-                    # YAML cannot type an empty list: [""] means "none given".
-                    value = (
-                        [v for v in value if v != ""]
-                        if spec.name != "image_topics"
-                        else list(value)
-                    )
-                if spec.kind == "double" and isinstance(value, int):
-                    value = float(value)
-                values[spec.name] = value
-            validate_all(values)
-            return values
-
-        def _on_set_parameters(self, params):
-            for param in params:
-                spec = SPECS.get(param.name)
-                if spec is None:
-                    continue
-                if not spec.dynamic:
-                    return SetParametersResult(
-                        successful=False,
-                        reason=f"{param.name} is read-only; restart the node to change it",
-                    )
-                try:
-                    value = param.value
-                    if (
-                        spec.kind == "double"
-                        and isinstance(value, int)
-                        and not isinstance(value, bool)
-                    ):
-                        value = float(value)
-                    validate_value(param.name, value)
-                except ParameterError as exc:
-                    return SetParametersResult(successful=False, reason=str(exc))
-            for param in params:
-                if param.name in SPECS:
-                    value = param.value
-                    self.values[param.name] = (
-                        float(value) if SPECS[param.name].kind == "double" else value
-                    )
-            return SetParametersResult(successful=True)
 
         # ------------------------------------------------------------ topics
-        def _input_qos(self) -> QoSProfile:
-            if self.values["qos"] == "reliable":
-                return QoSProfile(
-                    history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE
-                )
-            # Best effort with a small DDS queue: the node keeps only the newest anyway.
-            return qos_profile_sensor_data
-
         def _create_cameras(self) -> list[Camera]:
             topics = self.values["image_topics"]
             infos = self.values["camera_info_topics"] or [camera_info_topic_for(t) for t in topics]
             names = self.values["camera_names"] or [f"camera{i}" for i in range(len(topics))]
-            qos = self._input_qos()
             cameras = []
             for i, (topic, info_topic, name) in enumerate(zip(topics, infos, names, strict=True)):
                 prefix = "" if len(topics) == 1 else f"{name}/"
@@ -327,29 +133,63 @@ def _make_node_class():
                 cam.pub_poses = self.create_publisher(PoseArray, f"{prefix}head_poses", 10)
                 cam.pub_faces = self.create_publisher(PointCloud2, f"{prefix}head_pose_faces", 10)
                 cam.pub_debug = self.create_publisher(Image, f"~/{prefix}debug_image", 1)
-                if self.values["compressed_input"]:
-                    self.create_subscription(
-                        CompressedImage,
-                        f"{topic.rstrip('/')}/compressed",
-                        lambda msg, info, cam=cam: self._on_image(cam, msg, info),
-                        qos,
-                    )
-                else:
-                    self.create_subscription(
-                        Image, topic, lambda msg, info, cam=cam: self._on_image(cam, msg, info), qos
-                    )
+                compressed = self.values["compressed_input"]
+                cam.subscribed_topic = f"{topic.rstrip('/')}/compressed" if compressed else topic
+                fixed = qsel.fixed_reliability(self.values["qos"])
+                self._subscribe(cam, fixed or self._auto_reliability(cam))
                 self.create_subscription(
-                    CameraInfo, info_topic, lambda msg, cam=cam: setattr(cam, "info", msg), qos
+                    CameraInfo,
+                    info_topic,
+                    lambda msg, cam=cam: setattr(cam, "info", msg),
+                    qos_profile_sensor_data,
                 )
                 cameras.append(cam)
             return cameras
+
+        def _auto_reliability(self, cam: Camera) -> str:
+            return qsel.choose_reliability(qsel.publishers_reliable(self, cam.subscribed_topic))
+
+        def _subscribe(self, cam: Camera, reliability: str) -> None:
+            # Make before break: the old reader stays until the new one has matched every
+            # publisher (see _update_qos), so no frame is lost in the switch; samples that
+            # come through both are dropped by sequence number (Camera.offer).
+            if cam.retiring is not None:
+                self.destroy_subscription(cam.retiring)
+            cam.retiring = cam.subscription
+            msg_type = CompressedImage if self.values["compressed_input"] else Image
+            cam.subscription = self.create_subscription(
+                msg_type,
+                cam.subscribed_topic,
+                lambda msg, info, cam=cam: self._on_image(cam, msg, info),
+                qsel.qos_profile(reliability),
+            )
+            cam.reliability = reliability
+            cam.switched_at = time.monotonic()
+
+        def _update_qos(self) -> None:
+            """``qos: auto``: follow the publishers' reliability as they come and go."""
+            for cam in self.cameras:
+                publishers = qsel.publishers_reliable(self, cam.subscribed_topic)
+                if cam.retiring is not None and (
+                    cam.subscription.get_publisher_count() >= len(publishers)
+                    or time.monotonic() - cam.switched_at > qsel.SWITCH_GRACE_S
+                ):
+                    self.destroy_subscription(cam.retiring)
+                    cam.retiring = None
+                wanted = qsel.choose_reliability(publishers)
+                if wanted != cam.reliability:
+                    self.get_logger().info(
+                        f"camera {cam.name}: input QoS {cam.reliability} -> {wanted} "
+                        f"(publishers of {cam.subscribed_topic} changed; qos auto)"
+                    )
+                    self._subscribe(cam, wanted)
 
         def _on_image(self, cam: Camera, msg, info=None) -> None:
             # Executor thread: store and wake, nothing else (never blocks on inference).
             sequence = None
             if isinstance(info, dict):
                 sequence = info.get("publication_sequence_number")
-            cam.offer(msg, time.monotonic(), sequence)
+            cam.offer(msg, time.monotonic(), sequence, switching=cam.retiring is not None)
             self._wake.set()
 
         # ------------------------------------------------------------ worker
@@ -367,52 +207,52 @@ def _make_node_class():
                 self._wake.clear()
                 for cam in self.cameras:
                     msg, received = cam.take()
-                    if msg is not None:
+                    if msg is None:
+                        continue
+                    try:
                         self._process(cam, msg, received)
-
-        def _convert(self, msg):
-            if isinstance(msg, CompressedImage):
-                return conv.compressed_to_bgr(msg)
-            return conv.image_to_bgr(msg)
+                    except Exception as exc:  # anything a frame raises: count, log, go on
+                        text = f"{type(exc).__name__}: {exc}"
+                        cam.record("failed", text)
+                        self._worker_error = text
+                        self.get_logger().error(
+                            f"camera {cam.name}: frame failed: {text}", throttle_duration_sec=5.0
+                        )
 
         def _process(self, cam: Camera, msg, received: float) -> None:
             log = self.get_logger()
             try:
-                bgr = self._convert(msg)
+                bgr = conv.message_to_bgr(msg)
             except conv.ImageConversionError as exc:
-                with cam.lock:
-                    cam.counters.rejected += 1
-                    cam.counters.last_error = f"rejected frame: {exc}"
+                cam.record("rejected", str(exc))
                 log.warning(f"camera {cam.name}: rejected frame: {exc}", throttle_duration_sec=5.0)
                 return
-            try:
-                # never raises (see result.error); boxes are reused per camera only
-                result = self.estimator.estimate(bgr, stream=cam.name)
-                faces = list(result.faces)
-                if result.error and not faces and not result.dropped:
-                    raise RuntimeError(result.error)  # the frame was not processed
-                if result.error:  # e.g. some faces dropped for non-finite outputs
-                    log.warning(f"camera {cam.name}: {result.error}", throttle_duration_sec=5.0)
-                self._publish(cam, msg.header, bgr, faces)
-            except Exception as exc:  # never let a frame kill the worker
-                with cam.lock:
-                    cam.counters.failed += 1
-                    cam.counters.last_error = f"failed frame: {type(exc).__name__}: {exc}"
-                log.error(
-                    f"camera {cam.name}: frame failed: {type(exc).__name__}: {exc}",
-                    throttle_duration_sec=5.0,
-                )
-                return
+            # never raises (see result.error); boxes are reused per camera only
+            result = self.estimator.estimate(bgr, stream=cam.name)
+            faces = list(result.faces)
+            if result.error and not faces and not result.dropped:
+                raise RuntimeError(result.error)  # the frame was not processed
+            if result.error:  # e.g. some faces dropped for non-finite outputs
+                log.warning(f"camera {cam.name}: {result.error}", throttle_duration_sec=5.0)
+            self._publish(cam, msg.header, bgr, faces)
             for stage, ms in (result.timings_ms or {}).items():
                 self.stage_ms.setdefault(stage, diag.LatencyWindow()).add(ms)
-            now_stamp = self.get_clock().now().nanoseconds
-            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            if stamp > 0:
-                self.latency.add((now_stamp - stamp) / 1e6)
+            self._add_latency(msg.header.stamp)
             self.processing.add((time.monotonic() - received) * 1e3)
             with cam.lock:
                 cam.counters.processed += 1
                 cam.counters.faces += len(faces)
+
+        def _add_latency(self, stamp) -> None:
+            """Stamp -> now on the node's clock (sim time with use_sim_time); else one WARN."""
+            now_ns = self.get_clock().now().nanoseconds
+            stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+            latency = diag.comparable_latency_ms(now_ns, stamp_ns)
+            if latency is not None:
+                self.latency.add(latency)
+            elif stamp_ns > 0 and not self._stamp_warned:
+                self._stamp_warned = True
+                self.get_logger().warning(diag.stamp_clock_warning(now_ns, stamp_ns))
 
         def _publish(self, cam: Camera, header, bgr: np.ndarray, faces: list) -> None:
             height, width = bgr.shape[:2]
@@ -443,23 +283,12 @@ def _make_node_class():
         # ------------------------------------------------------------ diagnostics
         def _publish_diagnostics(self) -> None:
             now = time.monotonic()
-            reports = []
-            for cam in self.cameras:
-                with cam.lock:
-                    counters = diag.StreamCounters(**vars(cam.counters))
-                silent = None if counters.last_receive is None else now - counters.last_receive
-                reports.append(
-                    diag.CameraReport(
-                        name=cam.name,
-                        topic=cam.image_topic,
-                        counters=counters,
-                        input_rate_hz=cam.input_rate.update(counters.received, now),
-                        processed_rate_hz=cam.processed_rate.update(counters.processed, now),
-                        silent_s=silent,
-                        timeout_s=self.values["camera_timeout_s"],
-                        has_camera_info=cam.info is not None,
-                    )
-                )
+            snapshots = [cam.report(now, self.values["camera_timeout_s"]) for cam in self.cameras]
+            reports = [r for r, _ in snapshots]
+            waiting = [w for _, w in snapshots if w is not None]
+            received = sum(r.counters.received for r in reports)
+            # Taken by the worker: not overwritten in the slot and not waiting there.
+            handled = sum(r.counters.received - r.counters.dropped for r in reports) - len(waiting)
             report = diag.NodeReport(
                 node_name=self.get_name(),
                 backend=self.backend.name,
@@ -471,7 +300,13 @@ def _make_node_class():
                 processing_ms=self.processing.percentiles(),
                 stage_ms={k: w.percentiles((50,))[0] for k, w in list(self.stage_ms.items())},
                 cameras=reports,
+                worker_alive=self.worker.is_alive(),
+                worker_waiting_s=max(waiting, default=None),
+                received_delta=received - self._ticks["received"],
+                handled_delta=handled - self._ticks["handled"],
+                worker_error=self._worker_error,
             )
+            self._ticks = {"received": received, "handled": handled}
             self.pub_diag.publish(diag.build_diagnostics(report, self.get_clock().now().to_msg()))
 
         def stop(self) -> None:

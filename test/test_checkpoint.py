@@ -16,11 +16,13 @@ from safetensors.torch import load_file, save_file
 
 from lechpe_model.checkpoint import (
     CHECKSUM_KEY,
+    INTEGRITY_KEY,
     METADATA_KEY,
     CheckpointError,
     ModelMetadata,
     load_checkpoint,
     read_metadata,
+    rehash_checkpoint,
     save_checkpoint,
 )
 from lechpe_model.conventions import CONVENTION_VERSION
@@ -53,8 +55,24 @@ def _outputs(net, seed=1):
         return [t.numpy() for t in net(x)]
 
 
-def _rewrite(src: Path, dst: Path, *, meta_edit=None, tensor_edit=None, keep_checksum=True) -> Path:
-    """Copy a checkpoint with edited metadata/tensors (to build mismatched files)."""
+def _seal(meta: dict) -> None:
+    """Recompute integrity_sha256 as documented (sha256 of "<weights_sha256>|<canonical JSON
+    of the other fields>"): an edit made by code that re-saves consistently."""
+    import hashlib
+
+    other = {k: v for k, v in meta.items() if k not in (CHECKSUM_KEY, INTEGRITY_KEY)}
+    canonical = json.dumps(other, sort_keys=True, separators=(",", ":"))
+    text = f"{meta.get(CHECKSUM_KEY)}|{canonical}"
+    meta[INTEGRITY_KEY] = hashlib.sha256(text.encode()).hexdigest()
+
+
+def _rewrite(
+    src: Path, dst: Path, *, meta_edit=None, tensor_edit=None, keep_checksum=True, reseal=True
+) -> Path:
+    """Copy a checkpoint with edited metadata/tensors (to build mismatched files).
+
+    ``reseal``: recompute the integrity hash after the edit (to reach the field
+    checks behind it); False keeps the saved one (a plain edit of the file)."""
     tensors = load_file(str(src))
     from safetensors import safe_open
 
@@ -67,6 +85,8 @@ def _rewrite(src: Path, dst: Path, *, meta_edit=None, tensor_edit=None, keep_che
         tensor_edit(tensors)
     if not keep_checksum:
         meta.pop(CHECKSUM_KEY)
+    if reseal:
+        _seal(meta)
     header_meta[METADATA_KEY] = json.dumps(meta)
     save_file(tensors, str(dst), metadata=header_meta)
     return dst
@@ -302,3 +322,48 @@ def test_metadata_dict_round_trip():
     assert again == meta
     with pytest.raises(CheckpointError, match="JSON object"):
         ModelMetadata.from_dict([1, 2])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(bin_width=3.0000001, angle_limit=99.0000033),
+        lambda m: m.update(input_size=160),
+        lambda m: m.update(mean=[0.5, 0.5, 0.5]),
+        lambda m: m.update(std=[0.25, 0.25, 0.25]),
+    ],
+    ids=["bin_width", "input_size", "mean", "std"],
+)
+def test_metadata_edits_that_still_load_are_refused(saved, tmp_path, edit):
+    # Before: the hash covered the tensors only, and these edits changed the angles silently.
+    path = _rewrite(saved, tmp_path / "edited.safetensors", meta_edit=edit, reseal=False)
+    with pytest.raises(CheckpointError, match="metadata changed after saving"):
+        read_metadata(path)
+    with pytest.raises(CheckpointError, match=f"{INTEGRITY_KEY} does not match"):
+        load_checkpoint(path)
+
+
+def test_file_without_integrity_hash_is_refused_and_rehash_restores_it(model, saved, tmp_path):
+    def drop(meta):
+        meta.pop(INTEGRITY_KEY)
+
+    old = _rewrite(saved, tmp_path / "old.safetensors", meta_edit=drop, reseal=False)
+    with pytest.raises(CheckpointError, match="no 'integrity_sha256'.*rehash_checkpoint"):
+        load_checkpoint(old)
+    rehash_checkpoint(old, tmp_path / "upgraded.safetensors")
+    upgraded, meta = load_checkpoint(tmp_path / "upgraded.safetensors")
+    assert meta == read_metadata(saved)
+    for a, b in zip(_outputs(upgraded), _outputs(model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert load_file(str(tmp_path / "upgraded.safetensors")).keys() == load_file(str(saved)).keys()
+
+
+def test_shipped_default_model_has_the_integrity_hash():
+    from lechpe_model.default_model import default_model_path
+
+    path = default_model_path()
+    read_metadata(path)  # raises without integrity_sha256
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        assert INTEGRITY_KEY in json.loads(handle.metadata()[METADATA_KEY])

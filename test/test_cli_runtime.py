@@ -14,6 +14,8 @@ import pytest
 pytest.importorskip("torch")
 skimage_data = pytest.importorskip("skimage.data")
 
+from hostile_images import gif_garbage, png_declaring  # noqa: E402
+
 from lechpe_model.cli import bench, infer  # noqa: E402
 from lechpe_model.cli import export as export_cli  # noqa: E402
 from lechpe_model.cli.bench import random_checkpoint  # noqa: E402
@@ -89,23 +91,36 @@ def test_infer_folder_with_bad_files(files, tmp_path, capsys):
     noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     cv2.imwrite(str(folder / "b_noise.png"), noise)
     (folder / "c_broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (folder / "c_bomb.png").write_bytes(png_declaring(40000, 40000))  # 312 bytes, issue 13
+    (folder / "c_garbage.gif").write_bytes(gif_garbage())
     cv2.imwrite(
         str(folder / "d_gray16.png"),
         (cv2.cvtColor(files["photo"], cv2.COLOR_BGR2GRAY).astype(np.uint16) * 257),
     )
     assert infer.main([str(folder), "--model", str(files["onnx"])]) == 0
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
     assert [r["source"].rsplit("/", 1)[1] for r in records] == [
         "a_face.png",
         "b_noise.png",
+        "c_bomb.png",
         "c_broken.jpg",
+        "c_garbage.gif",
         "d_gray16.png",
     ]
     assert len(records[0]["faces"]) == 1 and records[0]["error"] is None
     assert records[1]["faces"] == [] and records[1]["error"] is None
-    assert records[2]["faces"] == [] and "cannot read or decode" in records[2]["error"]
-    assert len(records[3]["faces"]) == 1  # 16-bit grayscale PNG
-    np.testing.assert_allclose(records[3]["faces"][0]["yaw"], records[0]["faces"][0]["yaw"], atol=3)
+    assert "declares 40000x40000 px" in records[2]["error"]
+    assert "JPEG marker expected at byte 2 (corrupt data)" in records[3]["error"]
+    assert "GIF" in records[4]["error"]
+    assert all(r["faces"] == [] and r["error"].startswith("skipped: ") for r in records[2:5])
+    assert len(records[5]["faces"]) == 1  # 16-bit grayscale PNG: the run went on
+    np.testing.assert_allclose(records[5]["faces"][0]["yaw"], records[0]["faces"][0]["yaw"], atol=3)
+    err = captured.err
+    assert "Traceback" not in err and err.count("lechpe-infer: skipped ") == 3
+    assert err.rstrip().endswith(
+        "6 frame(s), 2 face(s), 3 file(s) skipped (unreadable or refused, see above)"
+    )
 
 
 def test_infer_video_writes_one_line_per_frame_and_an_mp4(files, tmp_path):

@@ -155,6 +155,19 @@ def test_shipped_sibling_onnx_is_used_only_when_exported_from_the_checkpoint(
     assert used.parent == cache / "onnx" and "was not exported from" in caplog.text
 
 
+def test_corrupt_sibling_onnx_is_ignored_with_a_warning(model_files, tmp_path, caplog):
+    # Before: the sibling was parsed unguarded and a valid checkpoint refused to start.
+    ckpt, _ = model_files
+    valid = Path(shutil.copy(ckpt, tmp_path / "model.safetensors"))
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.WARNING):
+        backend = backends.create_backend("onnxruntime", valid, cache_dir=cache)
+    assert backend.onnx_path.parent == cache / "onnx"  # exported from the checkpoint instead
+    assert f"{tmp_path / 'model.onnx'} is unreadable" in caplog.text
+    assert backend.infer(np.zeros((1, 3, 224, 224), np.float32)).angles.shape == (1, 3)
+
+
 def test_auto_prefers_onnxruntime_without_tensorrt(model_files, caplog):
     if "tensorrt" in backends.available_backends():
         pytest.skip("TensorRT usable here: auto picks it (covered by test_tensorrt.py)")

@@ -730,7 +730,7 @@ def test_two_cameras_share_one_node(assets, reference, client, multi_node):
             {"backend": "magic"},
             "parameter backend = 'magic': must be one of auto, tensorrt, onnxruntime, torch",
         ),
-        ({"qos": "fast"}, "parameter qos = 'fast': must be one of sensor_data, reliable"),
+        ({"qos": "fast"}, "parameter qos = 'fast': must be one of auto, sensor_data, reliable"),
         (
             {"image_topics": ["/a/image", "/b/image"], "camera_names": ["only_one"]},
             "camera_names has 1 entries for 2 image_topics",
@@ -764,6 +764,78 @@ def test_corrupt_model_fails_at_start_with_path_and_instructions(assets):
     assert rc == 1, out
     assert f"cannot load model {corrupt}" in out and "To obtain weights" in out
     assert "Traceback" not in out
+
+
+def test_latency_only_for_stamps_on_the_node_clock(assets, client, node):
+    """Issue 13: bag/simulation stamps gave latency_p50_ms ~ 1.8e12. Frames stamped far
+    from the node's clock are left out with one WARN; a frame stamped now is counted."""
+    summary = "lechpe_pose: head pose estimation"
+    pub = client.publisher("/camera/image_raw", Image)
+    client.subscribe("/head_pose", PoseStamped)
+    client.wait_connected(pub, ["/head_pose"])
+    for stamp in ((40, 0), (41, 0)):  # a simulation clock, far from the wall clock
+        pub.publish(_frame_msg(assets, 1, stamp))
+        client.wait_for(lambda s=stamp: client.matched("/head_pose", s), ANSWER_TIMEOUT, "answer")
+    client.fresh_diagnostics()
+    assert client.diag[summary]["latency_p50_ms"] == "nan"  # every frame so far: other clock
+    assert node.output().count("image stamps are not comparable with the node's clock") == 1
+    now = client.node.get_clock().now().to_msg()
+    stamp = (int(now.sec), int(now.nanosec))
+    pub.publish(_frame_msg(assets, 1, stamp))
+    client.wait_for(lambda: client.matched("/head_pose", stamp), ANSWER_TIMEOUT, "answer now")
+    client.fresh_diagnostics()
+    latency = float(client.diag[summary]["latency_p50_ms"])
+    assert 0.0 < latency < ANSWER_TIMEOUT * 1000.0
+
+
+def test_unavailable_device_names_the_device_without_the_weights_hint(assets):
+    # Before: exit 1 with the unrelated "To obtain weights" hint.
+    rc, out = _run_node_to_exit(
+        _params(model_path=str(assets["model"]), backend="onnxruntime", device="cuda:7"),
+        assets["env"],
+    )
+    assert rc == 1, out
+    assert "cannot use backend 'onnxruntime' on device 'cuda:7'" in out, out
+    assert "To obtain weights" not in out and "Traceback" not in out
+
+
+def test_hostile_compressed_images_do_not_stop_the_worker(assets, client, multi_node):
+    """Issue 13: a 312-byte PNG declaring 40000x40000 and random bytes behind a GIF
+    signature killed the worker (cv2.error escaped); now both are counted `rejected`
+    and the next good frame is answered."""
+    from hostile_images import gif_garbage, jpeg_declaring, png_declaring
+
+    front = client.publisher("/cam_front/image_raw/compressed", CompressedImage)
+    client.subscribe("/multi/front/head_pose", PoseStamped)
+    status = "lechpe_pose_multi: camera front"
+    summary = "lechpe_pose_multi: head pose estimation"
+    client.wait_connected(front, ["/multi/front/head_pose"])
+    client.fresh_diagnostics()
+    before = {k: _diag_int(client, status, k) for k in ("rejected_frames", "failed_frames")}
+    hostile = [png_declaring(40000, 40000), gif_garbage(), jpeg_declaring(30000, 30000)]
+    for k, data in enumerate(hostile):
+        msg = CompressedImage(format="png", data=data)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = 870, k
+        front.publish(msg)
+        client.wait_for(
+            lambda n=k + 1: (
+                _diag_int(client, status, "rejected_frames") >= before["rejected_frames"] + n
+            ),
+            ANSWER_TIMEOUT,
+            f"hostile image {k} rejected",
+            show=status,
+        )
+    stamp = (871, 0)
+    front.publish(_compressed_msg(assets, 2, stamp, "front_optical_frame"))
+    client.wait_for(
+        lambda: client.matched("/multi/front/head_pose", stamp), ANSWER_TIMEOUT, "good frame"
+    )
+    client.fresh_diagnostics()
+    assert _diag_int(client, status, "rejected_frames") == before["rejected_frames"] + 3
+    assert _diag_int(client, status, "failed_frames") == before["failed_frames"]
+    assert "declares 30000x30000 px" in client.diag[status]["last_error"]
+    assert client.diag[summary]["worker_alive"] == "True"
+    assert client.diag_levels[summary] < 2 and multi_node.alive()
 
 
 def _set_parameters(client: Client, node_name: str, **values):

@@ -13,12 +13,19 @@ the same folder, fsync, ``os.replace``) at the end of every epoch and, when
   param_groups, the scheduler's ``state_dict``, Python and NumPy RNG states,
   the P schedule (mode, interval, step of the last update) and the config.
 
-Nothing is unpickled when resuming.
+Nothing is unpickled when resuming. A SHA-256 over every tensor (name, dtype,
+shape, bytes) and the JSON part is stored in the header (``state_sha256``) and
+verified on resume; an unknown phase and non-finite weights or optimiser
+moments are refused, each with an error naming the file. Temporary files left
+by a killed run (``.state.*.tmp``) are removed before the next write.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
+import logging
 import os
 import random
 import tempfile
@@ -29,7 +36,14 @@ import torch
 
 STATE_FILE = "state.safetensors"
 STATE_KEY = "training_state"
-STATE_VERSION = 1
+CHECKSUM_KEY = "state_sha256"
+#: 2: with the checksum (version 1 files cannot be verified and are refused).
+STATE_VERSION = 2
+#: The phases a run goes through, in order.
+PHASES = ("stage1", "kmeans", "stage2", "done")
+_TMP_PATTERN = ".state.*.tmp"
+
+LOG = logging.getLogger(__name__)
 
 
 class ResumeError(RuntimeError):
@@ -111,19 +125,52 @@ def restore_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     )
 
 
+def state_checksum(tensors: dict[str, torch.Tensor], state_json: str) -> str:
+    """SHA-256 over every tensor (sorted by name: name, dtype, shape, bytes) and the JSON."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(
+            tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        )
+    digest.update(state_json.encode())
+    return digest.hexdigest()
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Delete temporary state files a killed run left in ``folder``; returns their paths."""
+    removed = []
+    for path in glob.glob(os.path.join(folder, _TMP_PATTERN)):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+    if removed:
+        LOG.info("removed %d stale temporary state file(s) in %s", len(removed), folder)
+    return removed
+
+
 def save_training_state(path: str, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-    """Write tensors + JSON state to ``path`` atomically."""
+    """Write tensors + JSON state (+ checksum) to ``path`` atomically.
+
+    Raises:
+        ValueError: an unknown phase (a programming error: never written).
+    """
     from safetensors.torch import save_file
 
-    payload = {"version": STATE_VERSION, **state}
-    header = {STATE_KEY: json.dumps(payload, sort_keys=True)}
+    if state.get("phase") not in PHASES:
+        raise ValueError(f"training state phase {state.get('phase')!r} is not one of {PHASES}")
+    payload = json.dumps({"version": STATE_VERSION, **state}, sort_keys=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    header = {STATE_KEY: payload, CHECKSUM_KEY: state_checksum(tensors, payload)}
     folder = os.path.dirname(os.path.abspath(path))
+    remove_stale_temporaries(folder)
     fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=header
-        )
+        save_file(tensors, tmp, metadata=header)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -134,10 +181,12 @@ def save_training_state(path: str, tensors: dict[str, torch.Tensor], state: dict
 
 
 def load_training_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a state written by :func:`save_training_state`.
+    """Read and verify a state written by :func:`save_training_state`.
 
     Raises:
-        ResumeError: missing file, unreadable header or unknown version.
+        ResumeError: naming ``path``: missing file, unreadable file or header,
+            unknown version, checksum mismatch (corruption), unknown phase,
+            non-finite weights or optimiser values.
     """
     from safetensors import safe_open
 
@@ -151,9 +200,35 @@ def load_training_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise ResumeError(f"{path}: unreadable training state: {exc}") from exc
     if STATE_KEY not in meta:
         raise ResumeError(f"{path}: not a training state (no {STATE_KEY!r} in the header)")
-    state = json.loads(meta[STATE_KEY])
+    try:
+        state = json.loads(meta[STATE_KEY])
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        raise ResumeError(f"{path}: the training state's header is corrupt ({exc})") from exc
     if state.get("version") != STATE_VERSION:
-        raise ResumeError(f"{path}: training state version {state.get('version')} unsupported")
+        raise ResumeError(
+            f"{path}: training state version {state.get('version')} unsupported (this version "
+            f"writes {STATE_VERSION}, with a checksum); start the run again with --overwrite"
+        )
+    expected = meta.get(CHECKSUM_KEY)
+    if expected != state_checksum(tensors, meta[STATE_KEY]):
+        raise ResumeError(
+            f"{path}: checksum mismatch, the training state is corrupt (disk or copy error); "
+            "restore a copy or start again with --overwrite"
+        )
+    if state.get("phase") not in PHASES:
+        raise ResumeError(
+            f"{path}: unknown phase {state.get('phase')!r} (expected one of {', '.join(PHASES)})"
+        )
+    for name, tensor in tensors.items():
+        if name.startswith(("model.", "optim.")) and tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise ResumeError(
+                    f"{path}: tensor {name} holds NaN or infinite values (the run diverged "
+                    "before this state was saved); resume from an earlier copy or lower the "
+                    "learning rate and start again with --overwrite"
+                )
     return tensors, state
 
 

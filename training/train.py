@@ -49,15 +49,17 @@ from lechpe_model.network import build_model
 from training.augment import AugmentConfig
 from training.checkpointing import (
     STATE_FILE,
+    ResumeError,
     load_optimizer_state,
     load_training_state,
     optimizer_state,
+    remove_stale_temporaries,
     restore_rng_state,
     rng_state,
     save_training_state,
 )
 from training.clustering import PSchedule, batch_target, kmeans_centroids, mae, run_inference
-from training.config import dump_config, load_config
+from training.config import ConfigError, dump_config, load_config
 from training.datasets import PoseDataset, PoseSample, load_dataset
 from training.distributed import (
     DistInfo,
@@ -740,6 +742,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an OUT that already holds a run (its run files are deleted)",
+    )
+    parser.add_argument(
         "--init-stage1",
         default=None,
         metavar="CKPT",
@@ -757,22 +764,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Files a run writes into its folder (an OUT holding one of them holds a run).
+RUN_FILES = (STATE_FILE, "stage1.safetensors", "model.safetensors", "metrics.jsonl")
+
+
+def check_run_folder(out: str, resume: bool, overwrite: bool) -> None:
+    """Refuse to silently start over in a folder that holds a run.
+
+    Raises:
+        ResumeError: ``--resume`` without a state, or a run there without
+            ``--resume``/``--overwrite`` (the message says which flag to add).
+    """
+    if resume and overwrite:
+        raise ResumeError("--resume and --overwrite exclude each other")
+    if resume:
+        if not os.path.isfile(os.path.join(out, STATE_FILE)):
+            raise ResumeError(f"--resume: no {STATE_FILE} in {out}")
+        return
+    present = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if present and not overwrite:
+        raise ResumeError(
+            f"{out} already holds a run ({', '.join(present)}): add --resume to continue it "
+            "or --overwrite to start over"
+        )
+    for name in present:  # --overwrite: the old run's files must not mix with the new one's
+        os.unlink(os.path.join(out, name))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``lechpe-train``; errors are one line on stderr and exit status 2 (no traceback)."""
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
     if args.no_progress:
         overrides.append("train.progress=false")
-    config = load_config(args.config, overrides)
+    try:
+        config = load_config(args.config, overrides)
+        check_run_folder(args.out, args.resume, args.overwrite)
+    except (ConfigError, ResumeError, OSError) as exc:
+        print(f"lechpe-train: error: {exc}", file=sys.stderr)
+        return 2
     if config["train"]["threads"]:
         torch.set_num_threads(int(config["train"]["threads"]))
     info = init_distributed(config["train"]["device"])
     os.makedirs(args.out, exist_ok=True)
+    remove_stale_temporaries(args.out)
     setup_logging(info, os.path.join(args.out, "train.log"))
-    if args.resume and not os.path.isfile(os.path.join(args.out, STATE_FILE)):
-        LOG.error("--resume: no %s in %s", STATE_FILE, args.out)
-        return 2
     try:
         return Trainer(config, args, info).run()
+    except ResumeError as exc:
+        print(f"lechpe-train: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         cleanup_distributed()
 

@@ -158,9 +158,15 @@ def onnx_for_model(model_path: str | Path, cache_dir: str | Path | None = None) 
     # serves robots without torch, as long as it was exported from these bytes.
     sibling = model_path.with_suffix(".onnx")
     if sibling.is_file():
-        if _onnx_properties(sibling).get(SOURCE_HASH_KEY) == file_sha256(model_path):
+        try:  # a corrupt sibling must not stop a valid checkpoint from loading
+            source = _onnx_properties(sibling).get(SOURCE_HASH_KEY)
+        except Exception as exc:  # onnx DecodeError, ORT InvalidGraph/Fail, OSError
+            source = None
+            LOG.warning("%s is unreadable (%s: %s); ignoring it", sibling, type(exc).__name__, exc)
+        if source == file_sha256(model_path):
             return sibling
-        LOG.warning("%s was not exported from %s; ignoring it", sibling, model_path)
+        if source is not None:
+            LOG.warning("%s was not exported from %s; ignoring it", sibling, model_path)
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     target = folder / "onnx" / f"{model_path.stem}-{file_sha256(model_path)[:16]}.onnx"
     if not target.is_file():

@@ -33,7 +33,7 @@ import numpy as np
 
 LOG = logging.getLogger("lechpe-infer")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
@@ -68,13 +68,27 @@ def iter_folder(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_image(path: Path) -> np.ndarray | None:
-    """Decode an image file as stored (16-bit, alpha and gray kept; the pipeline normalises)."""
+def read_image(path: Path, max_side: int = 8192) -> np.ndarray:
+    """Decode an image file as stored (16-bit, alpha and gray kept; the pipeline normalises).
+
+    The size the header declares is checked before decoding, and decoders
+    print nothing (:func:`lechpe_model.image_checks.decode_image_bytes`).
+
+    Raises:
+        InvalidImage: the file cannot be read, sized, or decoded; the text says why.
+    """
+    from lechpe_model.image_checks import InvalidImage, decode_image_bytes
+
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError:
-        return None
-    return cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidImage(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not data:
+        raise InvalidImage(f"{path} is empty")
+    try:
+        return decode_image_bytes(data, unchanged=True, max_side=max_side)
+    except InvalidImage as exc:
+        raise InvalidImage(f"{path}: {exc}") from exc
 
 
 def iter_video(capture: cv2.VideoCapture, max_frames: int | None) -> Iterator[np.ndarray]:
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     sink_jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else sys.stdout
-    frames = faces = 0
+    frames = faces = skipped = 0
 
     def emit(record: dict) -> None:
         nonlocal frames, faces
@@ -213,12 +227,16 @@ def main(argv: list[str] | None = None) -> int:
                     video.close()
         else:
             paths = iter_folder(args.input) if args.input.is_dir() else [args.input]
-            for path in paths:
-                image = read_image(path)
-                if image is None:
-                    from lechpe_model.pipeline import EstimateResult
+            from lechpe_model.image_checks import InvalidImage
+            from lechpe_model.pipeline import EstimateResult
 
-                    result = EstimateResult(error=f"cannot read or decode image {path}")
+            for path in paths:
+                try:
+                    image = read_image(path, max_side=args.max_side)
+                except InvalidImage as exc:  # reported and skipped; the run goes on
+                    print(f"lechpe-infer: skipped {exc}", file=sys.stderr)
+                    skipped += 1
+                    image, result = None, EstimateResult(error=f"skipped: {exc}")
                 else:
                     result = estimator.estimate(image)
                 emit(frame_record(str(path), 0, image, result))
@@ -231,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sink_jsonl is not sys.stdout:
             sink_jsonl.close()
-    print(f"lechpe-infer: {frames} frame(s), {faces} face(s)", file=sys.stderr)
+    summary = f"lechpe-infer: {frames} frame(s), {faces} face(s)"
+    if skipped:
+        summary += f", {skipped} file(s) skipped (unreadable or refused, see above)"
+    print(summary, file=sys.stderr)
     return 0
 
 

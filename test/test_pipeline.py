@@ -32,7 +32,9 @@ def backend(checkpoint):
 
 @pytest.fixture(scope="module")
 def detector():
-    return create_detector("auto")
+    # 0.4: the default BlazeFace full-range scores the two smaller faces of the
+    # 820 px group canvas below 0.5 (test_detection.py::GROUP_THRESHOLD)
+    return create_detector("auto", score_threshold=0.4)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,8 @@ def test_astronaut_pose_matches_direct_composition(estimator, detector, backend,
     q = expected.assignment[0].astype(np.float64)
     entropy = -(q * np.log(q)).sum()
     assert face.confidence == pytest.approx(1 - entropy / math.log(len(q)), abs=1e-5)
-    assert face.landmarks is None or face.landmarks.shape == (5, 2)
+    assert face.landmarks is None or face.landmarks.shape in ((5, 2), (6, 2))
+    assert face.track_id == 0 and not face.tracked
     assert set(result.timings_ms) == {"detect", "preprocess", "network", "postprocess"}
     assert all(v >= 0 for v in result.timings_ms.values())
     out = face.to_dict()
@@ -103,10 +106,14 @@ def test_all_faces_in_one_batch_and_max_faces_keeps_largest(detector, backend, a
     counting.calls.clear()
     two = PoseEstimator(detector, counting, max_faces=2).estimate(canvas)
     assert result.detected == 4 and len(two.faces) == 2 and counting.calls == [2]
-    widths = [f.box[2] - f.box[0] for f in result.faces]
-    assert widths == sorted(widths, reverse=True)  # largest first
-    np.testing.assert_allclose([f.box for f in two.faces], [f.box for f in result.faces[:2]])
-    np.testing.assert_allclose(two.faces[0].angles, result.faces[0].angles, atol=1e-3)
+    # faces come in track-id order; max_faces keeps the two largest boxes
+    assert [f.track_id for f in result.faces] == sorted(f.track_id for f in result.faces)
+    assert [f.track_id for f in two.faces] == sorted(f.track_id for f in two.faces)
+    largest = sorted(result.faces, key=lambda f: f.box[2] - f.box[0], reverse=True)[:2]
+    largest.sort(key=lambda f: f.box[0])
+    by_x = sorted(two.faces, key=lambda f: f.box[0])
+    np.testing.assert_allclose([f.box for f in by_x], [f.box for f in largest])
+    np.testing.assert_allclose(by_x[0].angles, largest[0].angles, atol=1e-3)
 
 
 def test_encoded_jpeg_and_garbage(estimator, astronaut):
@@ -170,7 +177,9 @@ def test_no_face_in_noise(estimator):
 
 
 def test_fifty_faces(backend, astronaut):
-    detector = create_detector("auto", max_input_side=640)  # 30 px faces: full resolution
+    # 30 px faces at full resolution: YuNet (BlazeFace sees the frame at 192 px)
+    pytest.importorskip("yuface")
+    detector = create_detector("yuface", max_input_side=640)
     tile = face_tile(astronaut, 64)
     canvas = np.full((5 * 64, 10 * 64, 3), 128, np.uint8)
     for i in range(50):

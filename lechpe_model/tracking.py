@@ -54,6 +54,13 @@ class Track:
     landmarks: np.ndarray | None = None
     misses: int = 0
     hits: int = 1
+    #: box of the last detection and frames since it (velocity = change / frames)
+    detected_box: np.ndarray | None = None
+    frames_since_detection: int = 0
+
+    def __post_init__(self) -> None:
+        if self.detected_box is None:
+            self.detected_box = self.box.copy()
 
     @property
     def predicted(self) -> bool:
@@ -131,6 +138,7 @@ class FaceTracker:
         """A frame without detection: every track moves by its velocity (no miss counted)."""
         for track in self.tracks:
             track.box = (track.box + track.velocity).astype(np.float32)
+            track.frames_since_detection += 1
         return [TrackedFace(f.detection, f.track_id, True) for f in self._faces()]
 
     def update(self, detections: list[FaceDetection]) -> list[TrackedFace]:
@@ -151,11 +159,13 @@ class FaceTracker:
         for r, c in matches:
             track, det = self.tracks[r], detections[c]
             new_box = np.asarray(det.box, np.float32)
-            # track.box is last frame's box (detected or predicted): one frame's change
-            change = new_box - track.box
+            # per-frame change since the last detection (frames in between were predicted)
+            change = (new_box - track.detected_box) / (track.frames_since_detection + 1)
             a = self.velocity_smoothing
             track.velocity = (a * change + (1 - a) * track.velocity).astype(np.float32)
             track.box = new_box.copy()
+            track.detected_box = new_box.copy()
+            track.frames_since_detection = 0
             track.score = float(det.score)
             track.landmarks = det.landmarks
             track.misses = 0
@@ -164,6 +174,7 @@ class FaceTracker:
         for i, track in enumerate(self.tracks):
             if i not in matched_tracks:
                 track.misses += 1
+                track.frames_since_detection += 1
                 if track.misses > self.max_misses:
                     continue
                 track.box = predicted[i].copy()

@@ -141,9 +141,25 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "detect_every",
         1,
         "int",
-        "Run the face detector on one frame in N per camera and reuse its boxes for the "
-        "next N-1 frames (they lag a moving head by up to N-1 frames); 1: every frame.",
+        "Run the face detector on one frame in N per camera; the N-1 frames between use "
+        "the tracker's predicted boxes (constant velocity); 1: every frame.",
         range=(1, 30),
+    ),
+    ParamSpec(
+        "track_max_misses",
+        5,
+        "int",
+        "Frames a tracked face is carried through detector misses (occlusion): its box is "
+        "predicted and its pose still estimated, flagged tracked; 0: no prediction.",
+        range=(0, 100),
+    ),
+    ParamSpec(
+        "track_min_confidence",
+        0.0,
+        "double",
+        "A predicted (tracked) face whose network confidence is below this ends its track "
+        "and is not published; 0: off.",
+        range=(0.0, 1.0),
     ),
     ParamSpec(
         "max_detection_side",

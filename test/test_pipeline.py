@@ -292,3 +292,65 @@ def test_detect_every_detects_again_after_an_empty_frame_or_a_new_size(
     assert counting.calls == 3
     with pytest.raises(ValueError, match="detect_every"):
         PoseEstimator(detector, backend, detect_every=0)
+
+
+# ------------------------------------------------------------------ tracking
+
+
+def occluded_frame(astronaut: np.ndarray) -> np.ndarray:
+    """The astronaut with a grey hand-sized block over her face (the detector misses it)."""
+    frame = astronaut.copy()
+    frame[40:200, 150:300] = 110
+    return frame
+
+
+def test_a_face_hidden_for_a_few_frames_keeps_its_track(detector, backend, astronaut):
+    hidden = occluded_frame(astronaut)
+    assert detector.detect(hidden) == []  # the premise: the detector alone loses the face
+    est = PoseEstimator(detector, backend, track_max_misses=2)
+    results = [
+        est.estimate(f, stream="cam") for f in (astronaut, hidden, hidden, hidden, astronaut)
+    ]
+    seen = [[(f.track_id, f.tracked) for f in r.faces] for r in results]
+    # two misses are bridged with the predicted (unmoved) box, the third ends the track;
+    # when the face is back it is a new track
+    assert seen == [[(0, False)], [(0, True)], [(0, True)], [], [(1, False)]]
+    assert results[1].tracked == 1 and results[1].detected == 0
+    np.testing.assert_allclose(results[1].faces[0].box, results[0].faces[0].box)
+    # the pose of a predicted box is the network's answer on the occluded crop
+    direct = PoseEstimator(detector, backend, track_max_misses=0)
+    assert direct.estimate(hidden).faces == []
+
+
+def test_tracking_off_and_low_confidence_end_the_track(detector, backend, astronaut):
+    hidden = occluded_frame(astronaut)
+    off = PoseEstimator(detector, backend, track_max_misses=0)
+    assert [len(off.estimate(f).faces) for f in (astronaut, hidden)] == [1, 0]
+    # a confidence no crop reaches: the predicted face is dropped and its track ended
+    strict = PoseEstimator(detector, backend, track_max_misses=5, track_min_confidence=1.0)
+    assert len(strict.estimate(astronaut).faces) == 1  # detected faces are never dropped
+    assert strict.estimate(hidden).faces == []
+    assert strict._streams[None][1].tracks == []
+    with pytest.raises(ValueError, match="track_max_misses must be >= 0, got -1"):
+        PoseEstimator(detector, backend, track_max_misses=-1)
+    with pytest.raises(ValueError, match="track_min_confidence must be in"):
+        PoseEstimator(detector, backend, track_min_confidence=2)
+
+
+def test_detect_every_uses_the_predicted_boxes(detector, backend, astronaut):
+    """Between detections the boxes move with the face's velocity, not stay stale."""
+    counting = CountingDetector(detector)
+    est = PoseEstimator(counting, backend, detect_every=2)
+    frames = [np.roll(astronaut, 10 * k, axis=1) for k in range(4)]
+    results = [est.estimate(f) for f in frames]
+    assert counting.calls == 2 and [r.reused_detections for r in results] == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    x0 = [r.faces[0].box[0] for r in results]
+    assert results[1].faces[0].tracked and not results[2].faces[0].tracked
+    assert x0[2] - x0[0] == pytest.approx(20, abs=3)  # detected: moved 20 px in 2 frames
+    # frame 3 is predicted from the velocity learnt between frames 0 and 2 (not stale)
+    assert x0[3] > x0[2] + 2

@@ -50,6 +50,8 @@ COVERAGE_BINS = ((0.0, 0.2), (0.2, 0.35), (0.35, 0.5), (0.5, 0.61))
 SIZE_BINS = ((40, 70), (70, 120), (120, 200), (200, 301))
 SECTION_START = "<!-- lechpe-detbench:start -->"
 SECTION_END = "<!-- lechpe-detbench:end -->"
+TRACK_START = "<!-- lechpe-detbench-tracking:start -->"
+TRACK_END = "<!-- lechpe-detbench-tracking:end -->"
 #: (label, create_detector name, options)
 DEFAULT_CONFIGS = (
     ("yuface 0.5", "yuface", {"score_threshold": 0.5}),
@@ -60,6 +62,8 @@ DEFAULT_CONFIGS = (
     ("blazeface_full 0.5", "blazeface_full", {"score_threshold": 0.5}),
     ("blazeface_full 0.4", "blazeface_full", {"score_threshold": 0.4}),
     ("blazeface_full 0.3", "blazeface_full", {"score_threshold": 0.3}),
+    ("blazeface_full+yuface 0.5", "blazeface_full+yuface", {"score_threshold": 0.5}),
+    ("blazeface_full+blazeface 0.5", "blazeface_full+blazeface", {"score_threshold": 0.5}),
 )
 
 
@@ -378,6 +382,194 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------ tracking mode
+#: occluders that move across the head in the tracking sequences (drawn per frame)
+MOVING_OCCLUDERS = ("hand", "object")
+
+
+def occluder_path_frame(
+    image: np.ndarray, face_box: np.ndarray, progress: float, kind: str, colour
+) -> np.ndarray:
+    """Draw an occluder at ``progress`` (0..1) of its path across the face, left to right.
+
+    The occluder (an ellipse for a hand, a rectangle for an object) is 0.9 x the
+    face box and moves from fully left of the face to fully right of it, so in the
+    middle of its path it covers most of the face.
+    """
+    x1, y1, x2, y2 = (float(v) for v in face_box)
+    w, h = x2 - x1, y2 - y1
+    cx = x1 - 0.5 * w + progress * 2.0 * w
+    cy = (y1 + y2) / 2.0 + 0.1 * h
+    out = image.copy()
+    half_w, half_h = 0.45 * w, 0.45 * h
+    if kind == "hand":
+        cv2.ellipse(out, (int(cx), int(cy)), (int(half_w), int(half_h)), 20.0, 0, 360, colour, -1)
+    else:
+        cv2.rectangle(
+            out,
+            (int(cx - half_w), int(cy - half_h)),
+            (int(cx + half_w), int(cy + half_h)),
+            colour,
+            -1,
+        )
+    return out
+
+
+def render_occluded_sequence(seed: int, frames: int, width: int = 640, height: int = 480):
+    """A moving head (training.synth.sequence motion) with an occluder crossing it.
+
+    Returns BGR frames, true angles ``(N, 3)``, true face boxes ``(N, 4)`` and a
+    per-frame flag of whether the occluder overlaps the face.
+    """
+    from training.synth.sequence import SequenceConfig, motion
+
+    config = SequenceConfig(frames=frames, width=width, height=height)
+    camera = config.camera()
+    model = build_head_model(config.head)
+    rng = np.random.default_rng([int(seed), 0])
+    appearance, _ = random_appearance(rng)
+    background = random_background(rng, width, height)
+    angles, positions = motion(config, seed)
+    kind = MOVING_OCCLUDERS[seed % len(MOVING_OCCLUDERS)]
+    colour = (
+        tuple(int(v) for v in rng.choice([(120, 160, 210), (90, 130, 180), (60, 90, 140)]))
+        if kind == "hand"
+        else tuple(int(v) for v in rng.integers(0, 256, 3))
+    )
+    start, end = int(0.25 * frames), int(0.75 * frames)
+    images, boxes, occluded = [], [], []
+    for i in range(frames):
+        result = render_head(model, appearance, *angles[i], positions[i], camera)
+        bgr = cv2.cvtColor(composite(result, background), cv2.COLOR_RGB2BGR)
+        progress = (i - start) / max(end - start, 1)
+        if 0.0 <= progress <= 1.0:
+            bgr = occluder_path_frame(bgr, result.face_box, progress, kind, colour)
+        images.append(bgr)
+        boxes.append(np.asarray(result.face_box, np.float32))
+        occluded.append(0.2 <= progress <= 0.8)
+    return images, angles, np.stack(boxes), np.array(occluded)
+
+
+def tracking_run(estimator, images, angles, boxes) -> dict:
+    """Frames answered (a reported face whose box centre lies in the true face box) and MAE."""
+    answered, errors, tracked, times = [], [], 0, []
+    for image, truth, box in zip(images, angles, boxes, strict=True):
+        start = time.perf_counter()
+        result = estimator.estimate(image, stream="seq")
+        times.append(result.timings_ms.get("detect", 0.0))
+        del start
+        hit = None
+        for face in result.faces:
+            cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+            if box[0] <= cx <= box[2] and box[1] <= cy <= box[3]:
+                hit = face
+                break
+        answered.append(hit is not None)
+        if hit is not None:
+            errors.append(np.abs(hit.angles - truth))
+            tracked += int(hit.tracked)
+    return {
+        "answered": np.array(answered),
+        "errors": np.array(errors).reshape(-1, 3),
+        "tracked": tracked,
+        "detect_ms": times,
+    }
+
+
+def tracking_main(args) -> int:
+    from tqdm import tqdm
+
+    from lechpe_model.backends import create_backend
+    from lechpe_model.default_model import default_model_path
+    from lechpe_model.pipeline import PoseEstimator
+
+    if args.quick:
+        args.sequences, args.frames = 1, 16
+    model = args.model or default_model_path()
+    backend = create_backend("onnxruntime", model, device="cpu")
+    detector = create_detector(args.detector or None)
+    settings = {
+        "tracker off (track_max_misses 0)": 0,
+        f"tracker on (track_max_misses {args.max_misses})": args.max_misses,
+    }
+    totals = {
+        label: {"answered": [], "occluded": [], "errors": [], "occ_errors": [], "ms": []}
+        for label in settings
+    }
+    for seq in tqdm(range(args.sequences), desc="tracking sequences", unit="seq"):
+        images, angles, boxes, occluded = render_occluded_sequence(
+            args.seed * 1000 + seq, args.frames
+        )
+        for label, misses in settings.items():
+            estimator = PoseEstimator(detector, backend, track_max_misses=misses)
+            run_result = tracking_run(estimator, images, angles, boxes)
+            t = totals[label]
+            t["answered"].extend(run_result["answered"].tolist())
+            t["occluded"].extend(occluded.tolist())
+            t["errors"].extend(run_result["errors"].tolist())
+            answered_occ = run_result["answered"][occluded]
+            # errors of the answered frames that are occluded
+            occ_idx = np.flatnonzero(occluded & run_result["answered"])
+            answered_idx = np.flatnonzero(run_result["answered"])
+            position = {k: n for n, k in enumerate(answered_idx)}
+            t["occ_errors"].extend(run_result["errors"][[position[k] for k in occ_idx]].tolist())
+            t["ms"].extend(run_result["detect_ms"])
+            del answered_occ
+    lines = [
+        TRACK_START,
+        "",
+        f"Command: `python -m training.detector_bench {' '.join(sys.argv[1:])}`".strip(),
+        "",
+        f"{args.sequences} rendered sequences x {args.frames} frames (640x480, 30 fps, head "
+        "motion of training.synth.sequence), an occluder (skin-coloured ellipse = hand, or a "
+        "rectangle = object, 0.9 x the face box) crossing the face from frame 25 % to 75 %; "
+        f"detector {detector.name}, default model, ONNX Runtime CPU. A frame is answered when "
+        "a reported face's box centre lies in the true face box. MAE: mean absolute angle "
+        "error (yaw, pitch, roll averaged) of the answered frames.",
+        "",
+        "| tracker | frames answered | occluded frames answered | MAE (deg) | MAE occluded frames (deg) | detect + track ms (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    summary = {}
+    for label, t in totals.items():
+        answered = np.array(t["answered"], bool)
+        occ = np.array(t["occluded"], bool)
+        errors = np.array(t["errors"]).reshape(-1, 3)
+        occ_errors = np.array(t["occ_errors"]).reshape(-1, 3)
+        row = {
+            "answered %": 100.0 * answered.mean(),
+            "occluded answered %": 100.0 * answered[occ].mean() if occ.any() else float("nan"),
+            "MAE": float(errors.mean()) if errors.size else float("nan"),
+            "MAE occluded": float(occ_errors.mean()) if occ_errors.size else float("nan"),
+            "ms": statistics.median(t["ms"]),
+        }
+        summary[label] = row
+        lines.append(
+            f"| {label} | {row['answered %']:.1f} % | {row['occluded answered %']:.1f} % | "
+            f"{row['MAE']:.1f} | {row['MAE occluded']:.1f} | {row['ms']:.1f} |"
+        )
+    lines += ["", TRACK_END]
+    section = "\n".join(lines)
+    print(section)
+    if args.output:
+        text = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
+        if TRACK_START in text and TRACK_END in text:
+            head, rest = text.split(TRACK_START, 1)
+            text = head + section + rest.split(TRACK_END, 1)[1]
+        else:
+            text = (
+                text.rstrip()
+                + "\n\n## Tracking through occlusion (`lechpe-detbench --tracking`)\n\n"
+                + section
+                + "\n"
+            )
+        args.output.write_text(text, encoding="utf-8")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lechpe-detbench", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -400,14 +592,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="pose model for --tracking (default: embedded)")
     parser.add_argument("--sequences", type=int, default=6, help="--tracking: sequences")
     parser.add_argument("--frames", type=int, default=60, help="--tracking: frames per sequence")
+    parser.add_argument("--max-misses", type=int, default=10, help="--tracking: track_max_misses")
+    parser.add_argument("--detector", help="--tracking: detector name (default: the default)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.tracking:
-        from training.tracking_bench import main as tracking_main
-
         return tracking_main(args)
     if args.quick:
         args.sizes, args.face_frames, args.free_frames = "320x240", 4, 3

@@ -54,6 +54,7 @@ from lechpe_model.detection.base import (
     keep_largest,
 )
 from lechpe_model.detection.blazeface import BLAZEFACE_MODELS, BlazeFaceDetector
+from lechpe_model.detection.combined import CombinedDetector
 from lechpe_model.detection.haar import HaarDetector
 from lechpe_model.detection.yunet import (
     OpenCVYuNetDetector,
@@ -71,6 +72,7 @@ __all__ = [
     "DETECTOR_NAMES",
     "HAAR_MAX_INPUT_SIDE",
     "BlazeFaceDetector",
+    "CombinedDetector",
     "DetectorUnavailable",
     "FaceDetection",
     "FaceDetector",
@@ -128,7 +130,9 @@ def create_detector(
     """Build a detector by name, or the best usable one for ``"auto"``.
 
     Args:
-        name: ``"auto"`` or one of :data:`DETECTOR_NAMES` (default :data:`DEFAULT_DETECTOR`).
+        name: ``"auto"``, one of :data:`DETECTOR_NAMES` (default :data:`DEFAULT_DETECTOR`),
+            or several joined with ``+`` (``"blazeface_full+yuface"``): a
+            :class:`CombinedDetector` keeping the faces any of them finds.
         score_threshold: minimum score in [0, 1].
         model_path: ONNX file for ``"yunet"`` (required) or a BlazeFace variant
             (optional, default: the shipped file); ``"auto"`` tries yunet with it.
@@ -149,6 +153,18 @@ def create_detector(
         raise ValueError(f"detector score_threshold must be in [0, 1], got {score_threshold}")
     kwargs = {"score_threshold": score_threshold, "max_input_side": max_input_side, **options}
     name = (name or DEFAULT_DETECTOR).lower()
+    if "+" in name:  # a union, e.g. "blazeface_full+yuface"
+        parts = [p.strip() for p in name.split("+")]
+        unknown = [p for p in parts if p not in DETECTOR_NAMES]
+        if unknown or len(set(parts)) != len(parts):
+            raise ValueError(
+                f"bad combined detector {name!r}: join two or more different names of "
+                f"{', '.join(DETECTOR_NAMES)} with '+'"
+            )
+        members = [
+            _build(p, model_path if p in ("yunet",) else None, kwargs, strict=False) for p in parts
+        ]
+        return CombinedDetector(members)
     if name in DETECTOR_NAMES:
         return _build(name, model_path, kwargs, strict=True)
     if name != "auto":

@@ -300,3 +300,42 @@ def test_factory_errors_name_the_problem(tmp_path):
     short = det.BlazeFaceDetector("blazeface").model_path
     with pytest.raises(det.DetectorUnavailable, match="is not a blazeface_full ONNX model"):
         det.create_detector("blazeface_full", model_path=short)
+
+
+# ----------------------------------------------------------------- combined
+
+
+def test_box_from_crop_inverts_expand_box():
+    from lechpe_model.detection.combined import box_from_crop
+
+    box = np.array([10, 20, 60, 70], np.float32)
+    crop = pp.expand_box(box, 0.3, shift_y=0.1)
+    np.testing.assert_allclose(box_from_crop(crop, 0.3, 0.1), box, atol=1e-4)
+
+
+def test_combined_detector_merges_the_same_face_and_keeps_the_union(astronaut_bgr):
+    if "yuface" not in DETECTORS:
+        pytest.skip("the yuface wheel is not installed here (x86_64 only)")
+    combined = det.create_detector("blazeface_full+yuface")
+    assert combined.name == "blazeface_full+yuface"
+    assert (combined.crop_margin, combined.crop_shift_y) == det.BLAZEFACE_CROP_FULL
+    (face,) = combined.detect(astronaut_bgr)  # both find it: one face, first member's box
+    (alone,) = det.create_detector("blazeface_full").detect(astronaut_bgr)
+    np.testing.assert_allclose(face.box, alone.box)
+    # the group canvas: full range finds 2 of 4 at 0.5, YuNet all 4; the union has 4
+    face_tile = astronaut_bgr[20:230, 120:330]
+    canvas = paste_faces(face_tile, [120, 230, 150, 190])
+    faces = combined.detect(canvas)
+    assert len(faces) == 4
+    yunet = det.create_detector("yuface").detect(canvas)
+    for y in yunet:  # every YuNet face is in the union with the same crop
+        crop = pp.expand_box(
+            y.box, det.YuFaceDetector.crop_margin, shift_y=det.YuFaceDetector.crop_shift_y
+        )
+        best = max(
+            iou(crop, pp.expand_box(f.box, combined.crop_margin, shift_y=combined.crop_shift_y))
+            for f in faces
+        )
+        assert best > 0.6
+    with pytest.raises(ValueError, match="bad combined detector 'yuface\\+mtcnn'"):
+        det.create_detector("yuface+mtcnn")

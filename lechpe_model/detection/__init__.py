@@ -53,7 +53,7 @@ from lechpe_model.detection.base import (
     FaceDetector,
     keep_largest,
 )
-from lechpe_model.detection.blazeface import BLAZEFACE_MODELS, BlazeFaceDetector
+from lechpe_model.detection.blazeface import BLAZEFACE_CROP, BLAZEFACE_MODELS, BlazeFaceDetector
 from lechpe_model.detection.combined import CombinedDetector
 from lechpe_model.detection.haar import HaarDetector
 from lechpe_model.detection.yunet import (
@@ -66,6 +66,8 @@ from lechpe_model.detection.yunet import (
 
 __all__ = [
     "AUTO_ORDER",
+    "BLAZEFACE_CROP",
+    "BLAZEFACE_CROP_FULL",
     "DEFAULT_DETECTOR",
     "DEFAULT_MAX_INPUT_SIDE",
     "DEFAULT_SCORE_THRESHOLD",
@@ -86,6 +88,8 @@ __all__ = [
     "keep_largest",
 ]
 
+#: crop margin / shift of BlazeFace full range (the default detector)
+BLAZEFACE_CROP_FULL = BLAZEFACE_CROP["blazeface_full"]
 #: Detector names accepted by :func:`create_detector` (besides ``"auto"``).
 DETECTOR_NAMES = ("blazeface", "blazeface_full", "yuface", "yunet", "haar")
 #: What :func:`create_detector` builds without a name (see docs/BENCHMARKS.md).

@@ -3,7 +3,8 @@
 Boxes of different detectors have different extents, so they are compared in
 the pose network's crop convention: each detection becomes its detector's crop
 (``expand_box(box, crop_margin, shift_y=crop_shift_y)``), overlapping crops
-(IoU > ``nms_threshold``) are merged keeping the highest score, and each kept
+(IoU > ``nms_threshold``) are merged keeping the earlier member's face (the
+first member's faces, then the faces only later members find), and each kept
 crop is turned back into a box of the *first* detector's extent, so the
 combination carries the first detector's ``crop_margin`` / ``crop_shift_y``
 and the pipeline crops every face the same way.
@@ -54,7 +55,9 @@ class CombinedDetector(FaceDetector):
             for det in member.detect(image):
                 crop = expand_box(det.box, member.crop_margin, shift_y=member.crop_shift_y)
                 candidates.append((det.score, -order, crop, det, member))
-        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        # the first member's faces first (its boxes are the calibrated extent), then
+        # the faces of the next members that none before them has; by score within one
+        candidates.sort(key=lambda c: (c[1], c[0]), reverse=True)
         kept: list[tuple] = []
         for cand in candidates:
             if all(_iou(cand[2], k[2]) <= self.nms_threshold for k in kept):

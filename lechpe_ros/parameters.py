@@ -42,7 +42,15 @@ class ParamSpec:
 
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-DETECTORS = ("auto", "yuface", "yunet", "haar")
+DETECTORS = (
+    "blazeface_full",
+    "blazeface",
+    "yuface",
+    "yunet",
+    "haar",
+    "blazeface_full+yuface",
+    "auto",
+)
 QOS_CHOICES = ("sensor_data", "reliable")
 
 PARAMETERS: tuple[ParamSpec, ...] = (
@@ -118,16 +126,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "string", "Inference device: auto, cpu, cuda or cuda:N."),
     ParamSpec(
         "detector",
-        "auto",
+        "blazeface_full",
         "string",
-        "Face detector; auto picks yuface, then yunet (with detector_model_path), then haar.",
+        "Face detector (docs/BENCHMARKS.md): blazeface_full (BlazeFace full range, ONNX), "
+        "blazeface (short range, close faces), yuface (YuNet), yunet (needs "
+        "detector_model_path), haar, blazeface_full+yuface (union: more faces, both costs); "
+        "auto picks blazeface_full, then yuface, yunet, haar.",
         choices=DETECTORS,
     ),
     ParamSpec(
         "detector_model_path",
         "",
         "string",
-        "YuNet ONNX file for detector 'yunet' (cv2.FaceDetectorYN).",
+        "ONNX file for detector 'yunet' (required, cv2.FaceDetectorYN) or 'blazeface'/"
+        "'blazeface_full' (optional, default: the shipped file).",
     ),
     ParamSpec(
         "detection_threshold",

@@ -354,3 +354,11 @@ def test_detect_every_uses_the_predicted_boxes(detector, backend, astronaut):
     assert x0[2] - x0[0] == pytest.approx(20, abs=3)  # detected: moved 20 px in 2 frames
     # frame 3 is predicted from the velocity learnt between frames 0 and 2 (not stale)
     assert x0[3] > x0[2] + 2
+
+
+def test_default_estimator_predicts_no_ghost_faces_between_unrelated_photos(
+    detector, backend, astronaut
+):
+    est = PoseEstimator(detector, backend)  # library default: track_max_misses = 0
+    assert len(est.estimate(astronaut).faces) == 1
+    assert est.estimate(np.full_like(astronaut, 127)).faces == []

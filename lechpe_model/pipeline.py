@@ -50,7 +50,7 @@ LOG = logging.getLogger(__name__)
 
 #: Frames a tracked face is carried through detector misses (``track_max_misses``).
 #: 0 in the library: frames of one stream may be unrelated photos (``lechpe-infer``
-#: on a folder), where a predicted face would be a ghost; the node sets 5.
+#: on a folder), where a predicted face would be a ghost; the node sets 15.
 DEFAULT_TRACK_MAX_MISSES = 0
 #: Stages reported in ``EstimateResult.timings_ms`` (decode only for encoded input).
 STAGES = ("decode", "detect", "preprocess", "network", "postprocess")

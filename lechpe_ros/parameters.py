@@ -159,7 +159,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec(
         "track_max_misses",
-        5,
+        15,
         "int",
         "Frames a tracked face is carried through detector misses (occlusion): its box is "
         "predicted and its pose still estimated, flagged tracked; 0: no prediction.",

@@ -605,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="pose model for --tracking (default: embedded)")
     parser.add_argument("--sequences", type=int, default=6, help="--tracking: sequences")
     parser.add_argument("--frames", type=int, default=60, help="--tracking: frames per sequence")
-    parser.add_argument("--max-misses", type=int, default=10, help="--tracking: track_max_misses")
+    parser.add_argument(
+        "--max-misses", type=int, default=15, help="--tracking: track_max_misses (node default)"
+    )
     parser.add_argument("--detector", help="--tracking: detector name (default: the default)")
     return parser
 

@@ -467,10 +467,8 @@ def tracking_run(estimator, images, angles, boxes) -> dict:
     """Frames answered (a reported face whose box centre lies in the true face box) and MAE."""
     answered, errors, tracked, times = [], [], 0, []
     for image, truth, box in zip(images, angles, boxes, strict=True):
-        start = time.perf_counter()
         result = estimator.estimate(image, stream="seq")
-        times.append(result.timings_ms.get("detect", 0.0))
-        del start
+        times.append(result.timings_ms.get("detect", 0.0))  # detection + tracking
         hit = None
         for face in result.faces:
             cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
@@ -520,14 +518,12 @@ def tracking_main(args) -> int:
             t["answered"].extend(run_result["answered"].tolist())
             t["occluded"].extend(occluded.tolist())
             t["errors"].extend(run_result["errors"].tolist())
-            answered_occ = run_result["answered"][occluded]
             # errors of the answered frames that are occluded
             occ_idx = np.flatnonzero(occluded & run_result["answered"])
             answered_idx = np.flatnonzero(run_result["answered"])
             position = {k: n for n, k in enumerate(answered_idx)}
             t["occ_errors"].extend(run_result["errors"][[position[k] for k in occ_idx]].tolist())
             t["ms"].extend(run_result["detect_ms"])
-            del answered_occ
     lines = [
         TRACK_START,
         "",

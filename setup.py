@@ -65,6 +65,7 @@ setup(
             "lechpe-export = lechpe_model.cli.export:main",
             "lechpe-infer = lechpe_model.cli.infer:main",
             "lechpe-bench = lechpe_model.cli.bench:main",
+            "lechpe-detbench = training.detector_bench:main",
         ],
     },
 )

@@ -44,9 +44,14 @@ from lechpe_model.conventions import ANGLE_NAMES
 from lechpe_model.detection import FaceDetection, FaceDetector, keep_largest
 from lechpe_model.image_checks import DEFAULT_MAX_SIDE, InvalidImage, to_bgr8
 from lechpe_model.preprocessing import crop_face, expand_box, preprocess_crops
+from lechpe_model.tracking import FaceTracker
 
 LOG = logging.getLogger(__name__)
 
+#: Frames a tracked face is carried through detector misses (``track_max_misses``).
+#: 0 in the library: frames of one stream may be unrelated photos (``lechpe-infer``
+#: on a folder), where a predicted face would be a ghost; the node sets 15.
+DEFAULT_TRACK_MAX_MISSES = 0
 #: Stages reported in ``EstimateResult.timings_ms`` (decode only for encoded input).
 STAGES = ("decode", "detect", "preprocess", "network", "postprocess")
 
@@ -64,8 +69,12 @@ class FacePose:
         assignment: ``(K,)`` float32 soft cluster assignment q.
         cluster: ``argmax(assignment)``.
         confidence: ``1 - entropy(q) / log K`` in [0, 1] (module docstring).
-        landmarks: ``(5, 2)`` float32 detector landmarks or ``None``.
+        landmarks: ``(5, 2)`` (YuNet) / ``(6, 2)`` (BlazeFace) float32 detector
+            landmarks of the last detection, or ``None``.
         crop_box: ``(4,)`` float32 box actually cropped (may extend past the frame).
+        track_id: stable integer id of this face within its stream (``lechpe_model.tracking``).
+        tracked: the box was predicted by the tracker (the detector missed the
+            face, e.g. behind an occluder, or did not run on this frame).
     """
 
     box: np.ndarray
@@ -77,6 +86,8 @@ class FacePose:
     confidence: float
     landmarks: np.ndarray | None = None
     crop_box: np.ndarray | None = None
+    track_id: int = -1
+    tracked: bool = False
 
     @property
     def yaw(self) -> float:
@@ -107,6 +118,8 @@ class FacePose:
         }
         out["cluster"] = int(self.cluster)
         out["confidence"] = round(float(self.confidence), 4)
+        out["track_id"] = int(self.track_id)
+        out["tracked"] = bool(self.tracked)
         out["landmarks"] = (
             None if self.landmarks is None else [rounded(p) for p in np.asarray(self.landmarks)]
         )
@@ -118,14 +131,15 @@ class EstimateResult:
     """Outcome of one frame.
 
     Attributes:
-        faces: poses, largest box first.
+        faces: poses, ordered by track id (stable across frames of a stream).
         timings_ms: milliseconds per stage (see :data:`STAGES`).
         error: ``None`` or a message (frame refused, detector/backend failure,
             faces dropped for non-finite outputs).
         detected: faces found by the detector before ``max_faces``.
         dropped: faces removed because their box or outputs were not finite.
-        reused_detections: the boxes came from an earlier frame of the same
-            stream (``detect_every`` > 1), the detector did not run.
+        reused_detections: the detector did not run on this frame
+            (``detect_every`` > 1); the boxes are the tracker's predictions.
+        tracked: faces whose box was predicted by the tracker.
     """
 
     faces: list[FacePose] = field(default_factory=list)
@@ -134,6 +148,7 @@ class EstimateResult:
     detected: int = 0
     dropped: int = 0
     reused_detections: bool = False
+    tracked: int = 0
 
 
 def confidence_from_assignment(q: np.ndarray) -> np.ndarray:
@@ -159,11 +174,18 @@ class PoseEstimator:
             calibrated ``crop_margin``.
         shift_y: crop centre shift (fraction of box height); ``None`` = detector's.
         max_side: frames larger than this (px a side) are refused.
-        detect_every: run the face detector on one frame in N of each stream and
-            reuse its boxes for the next N - 1 frames (1: every frame). Detection
-            is the costliest stage after the network; reusing boxes trades their
-            lag behind a moving head (N - 1 frames) for speed. A frame whose
-            reused boxes held no face, or whose size changed, is detected anew.
+        detect_every: run the face detector on one frame in N of each stream; on
+            the N - 1 frames between, the tracker's predicted boxes are used
+            (1: every frame). A frame whose stream has no live track, or whose
+            size changed, is detected anew.
+        track_max_misses: each stream's faces are tracks with stable ids
+            (``lechpe_model.tracking.FaceTracker``); when the detector misses a
+            tracked face its box is predicted (constant velocity) and its pose
+            still estimated, flagged ``tracked``, for up to this many frames in
+            a row (0: no prediction, a face missed by the detector is dropped).
+        track_min_confidence: a predicted (``tracked``) face whose network
+            confidence is below this ends its track and is not reported (the
+            network says the box holds no face any more); 0 disables.
     """
 
     def __init__(
@@ -175,15 +197,23 @@ class PoseEstimator:
         shift_y: float | None = None,
         max_side: int = DEFAULT_MAX_SIDE,
         detect_every: int = 1,
+        track_max_misses: int = DEFAULT_TRACK_MAX_MISSES,
+        track_min_confidence: float = 0.0,
     ) -> None:
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        if int(track_max_misses) < 0:
+            raise ValueError(f"track_max_misses must be >= 0, got {track_max_misses}")
+        if not 0.0 <= float(track_min_confidence) <= 1.0:
+            raise ValueError(f"track_min_confidence must be in [0, 1], got {track_min_confidence}")
+        self.track_max_misses = int(track_max_misses)
+        self.track_min_confidence = float(track_min_confidence)
         self.detector = detector
         self.backend = backend
         self.max_faces = int(max_faces)
         self.detect_every = int(detect_every)
-        # stream -> (frame shape, detections, frames served since the detector ran)
-        self._recent: dict[object, tuple[tuple[int, ...], list[FaceDetection], int]] = {}
+        # stream -> (frame shape, its tracker, frames served since the detector ran)
+        self._streams: dict[object, tuple[tuple[int, ...], FaceTracker, int]] = {}
         self.margin = float(detector.crop_margin if margin is None else margin)
         self.shift_y = float(detector.crop_shift_y if shift_y is None else shift_y)
         self.max_side = int(max_side)
@@ -235,21 +265,18 @@ class PoseEstimator:
 
     # ---------------------------------------------------------------- internal
     def _detect(self, bgr: np.ndarray, stream: object, result: EstimateResult):
-        """Detections for this frame: the detector's, or the stream's recent ones."""
-        recent = self._recent.get(stream)
-        if (
-            recent is not None
-            and recent[0] == bgr.shape
-            and recent[1]
-            and recent[2] < self.detect_every - 1
-        ):
-            self._recent[stream] = (recent[0], recent[1], recent[2] + 1)
+        """This frame's faces: detections associated with the stream's tracks, or predictions."""
+        state = self._streams.get(stream)
+        if state is None or state[0] != bgr.shape:
+            state = (bgr.shape, FaceTracker(max_misses=self.track_max_misses), self.detect_every)
+        shape, tracker, since = state
+        if tracker.tracks and since < self.detect_every - 1:
+            self._streams[stream] = (shape, tracker, since + 1)
             result.reused_detections = True
-            return recent[1]
-        detections = self.detector.detect(bgr)
-        if self.detect_every > 1:
-            self._recent[stream] = (bgr.shape, detections, 0)
-        return detections
+            return tracker, tracker.predict()
+        faces = tracker.update(self.detector.detect(bgr))
+        self._streams[stream] = (shape, tracker, 0)
+        return tracker, faces
 
     def _estimate(self, image: np.ndarray, result: EstimateResult, stream: object = None) -> None:
         timings = result.timings_ms
@@ -264,15 +291,22 @@ class PoseEstimator:
 
         start = time.perf_counter()
         try:
-            detections = self._detect(bgr, stream, result)
+            tracker, tracked_faces = self._detect(bgr, stream, result)
         except Exception as exc:
             timings["detect"] = (time.perf_counter() - start) * 1e3
             result.error = f"face detector {self.detector.name} failed: {type(exc).__name__}: {exc}"
             return
-        good = [d for d in detections if _usable_box(d)]
-        result.detected = len(good)
-        result.dropped += len(detections) - len(good)
-        faces = keep_largest(good, self.max_faces)
+        good = [f for f in tracked_faces if _usable_box(f.detection)]
+        for bad_face in tracked_faces:
+            if not _usable_box(bad_face.detection):
+                tracker.end(bad_face.track_id)
+        result.detected = sum(not f.tracked for f in good)
+        result.dropped += len(tracked_faces) - len(good)
+        # at most max_faces, the largest boxes; then in track-id order
+        by_detection = {id(f.detection): f for f in good}
+        kept = keep_largest([f.detection for f in good], self.max_faces)
+        entries = sorted((by_detection[id(d)] for d in kept), key=lambda f: f.track_id)
+        faces = [f.detection for f in entries]
         timings["detect"] = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
@@ -300,6 +334,10 @@ class PoseEstimator:
         for i, det in enumerate(faces):
             if not finite[i]:
                 continue
+            if entries[i].tracked and confidence[i] < self.track_min_confidence:
+                tracker.end(entries[i].track_id)  # the network sees no face in the prediction
+                continue
+            result.tracked += int(entries[i].tracked)
             result.faces.append(
                 FacePose(
                     box=det.box.astype(np.float32),
@@ -313,6 +351,8 @@ class PoseEstimator:
                     confidence=float(confidence[i]),
                     landmarks=None if det.landmarks is None else det.landmarks.astype(np.float32),
                     crop_box=crop_boxes[i],
+                    track_id=entries[i].track_id,
+                    tracked=entries[i].tracked,
                 )
             )
         bad = int((~finite).sum())

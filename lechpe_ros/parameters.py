@@ -42,7 +42,15 @@ class ParamSpec:
 
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-DETECTORS = ("auto", "yuface", "yunet", "haar")
+DETECTORS = (
+    "blazeface_full",
+    "blazeface",
+    "yuface",
+    "yunet",
+    "haar",
+    "blazeface_full+yuface",
+    "auto",
+)
 QOS_CHOICES = ("auto", "sensor_data", "reliable")
 
 PARAMETERS: tuple[ParamSpec, ...] = (
@@ -119,16 +127,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "auto", "string", "Inference device: auto, cpu, cuda or cuda:N."),
     ParamSpec(
         "detector",
-        "auto",
+        "blazeface_full",
         "string",
-        "Face detector; auto picks yuface, then yunet (with detector_model_path), then haar.",
+        "Face detector (docs/BENCHMARKS.md): blazeface_full (BlazeFace full range, ONNX), "
+        "blazeface (short range, close faces), yuface (YuNet), yunet (needs "
+        "detector_model_path), haar, blazeface_full+yuface (union: more faces, both costs); "
+        "auto picks blazeface_full, then yuface, yunet, haar.",
         choices=DETECTORS,
     ),
     ParamSpec(
         "detector_model_path",
         "",
         "string",
-        "YuNet ONNX file for detector 'yunet' (cv2.FaceDetectorYN).",
+        "ONNX file for detector 'yunet' (required, cv2.FaceDetectorYN) or 'blazeface'/"
+        "'blazeface_full' (optional, default: the shipped file).",
     ),
     ParamSpec(
         "detection_threshold",
@@ -142,9 +154,25 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "detect_every",
         1,
         "int",
-        "Run the face detector on one frame in N per camera and reuse its boxes for the "
-        "next N-1 frames (they lag a moving head by up to N-1 frames); 1: every frame.",
+        "Run the face detector on one frame in N per camera; the N-1 frames between use "
+        "the tracker's predicted boxes (constant velocity); 1: every frame.",
         range=(1, 30),
+    ),
+    ParamSpec(
+        "track_max_misses",
+        15,
+        "int",
+        "Frames a tracked face is carried through detector misses (occlusion): its box is "
+        "predicted and its pose still estimated, flagged tracked; 0: no prediction.",
+        range=(0, 100),
+    ),
+    ParamSpec(
+        "track_min_confidence",
+        0.0,
+        "double",
+        "A predicted (tracked) face whose network confidence is below this ends its track "
+        "and is not published; 0: off.",
+        range=(0.0, 1.0),
     ),
     ParamSpec(
         "max_detection_side",

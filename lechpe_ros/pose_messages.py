@@ -1,11 +1,12 @@
 """Estimated faces -> standard ROS 2 messages.
 
 * ``geometry_msgs/PoseStamped`` (``head_pose``): the largest face.
-* ``geometry_msgs/PoseArray`` (``head_poses``): every face, largest first.
+* ``geometry_msgs/PoseArray`` (``head_poses``): every face, in the pipeline's
+  order: by track id, so a face keeps its slot relative to the others across frames.
 * ``sensor_msgs/PointCloud2`` (``head_pose_faces``): one point per face, in
   the same order as ``head_poses``, with the named float32 fields of
   :data:`FACE_FIELDS` (position, Euler angles in degrees, their uncertainty,
-  confidence, detector score, cluster, box). It is the standard message that
+  confidence, detector score, cluster, box, track id, tracked flag). It is the standard message that
   has a header and self-describing named fields, and RViz shows it as the
   faces' positions coloured by any field.
 
@@ -66,6 +67,8 @@ FACE_FIELDS: tuple[str, ...] = (
     "box_y1",
     "box_x2",
     "box_y2",
+    "track_id",  # stable integer id of the face in its camera stream (as float), -1 if none
+    "tracked",  # 1: box predicted by the tracker (detector missed the face), 0: detected
 )
 
 _DISTORTION_MODELS = ("plumb_bob", "rational_polynomial")
@@ -190,6 +193,7 @@ def face_table(faces: list, positions: list[np.ndarray]) -> np.ndarray:
     rows = np.zeros((len(faces), len(FACE_FIELDS)), dtype=np.float32)
     for i, (face, position) in enumerate(zip(faces, positions, strict=True)):
         cluster = getattr(face, "cluster", None)
+        track_id = getattr(face, "track_id", -1)
         rows[i] = np.concatenate(
             [
                 np.asarray(position, np.float64).reshape(3),
@@ -201,6 +205,7 @@ def face_table(faces: list, positions: list[np.ndarray]) -> np.ndarray:
                     -1.0 if cluster is None else float(cluster),
                 ],
                 np.asarray(face.box, np.float64).reshape(4),
+                [float(track_id), float(bool(getattr(face, "tracked", False)))],
             ]
         )
     return rows

@@ -94,6 +94,8 @@ def build_estimator(values: dict):
         backend=backend,
         max_faces=values["max_faces"],
         detect_every=values["detect_every"],
+        track_max_misses=values["track_max_misses"],
+        track_min_confidence=values["track_min_confidence"],
     )
     try:  # first-call allocations / autotuning now, not on the first camera frame
         backend.warmup()

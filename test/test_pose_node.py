@@ -882,3 +882,64 @@ def test_sigint_shuts_down_cleanly(client, node):
     out = node.output()
     assert rc == 0, out
     assert "Traceback" not in out
+
+
+def test_face_hidden_for_a_frame_keeps_its_track_id(assets, reference, client):
+    """head_pose_faces carries track_id and tracked: a face covered on one frame is predicted."""
+    proc = NodeProcess(
+        _params(
+            image_topics=["/track_cam/image_raw"],
+            model_path=str(assets["model"]),
+            backend="onnxruntime",
+            device="cpu",
+            track_max_misses=3,
+        )
+        + ["-r", "__node:=lechpe_pose_track", "-r", "__ns:=/track"],
+        assets["env"],
+        assets["root"] / "track_node.log",
+    )
+    client.watch.append(proc)
+    try:
+        client.wait_for(
+            lambda: "lechpe_pose_track: head pose estimation" in client.diag,
+            START_TIMEOUT,
+            "tracking node",
+        )
+        pub = client.publisher("/track_cam/image_raw", Image)
+        client.subscribe("/track/head_pose_faces", PointCloud2)
+        client.subscribe("/track/head_poses", PoseArray)
+        client.wait_connected(pub, ["/track/head_pose_faces", "/track/head_poses"])
+        gt = assets["truth"][3]
+        x1, y1, x2, y2 = (int(float(gt[k])) for k in ("x1", "y1", "x2", "y2"))
+        covered = assets["frames"][3].copy()
+        pad = (x2 - x1) // 3
+        covered[max(y1 - pad, 0) : y2 + pad, max(x1 - pad, 0) : x2 + pad] = 100  # flat occluder
+        tables = []
+        for stamp, image in (((900, 0), assets["frames"][3]), ((901, 0), covered)):
+            msg = bgr_to_image(image)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+            msg.header.frame_id = FRAME_ID
+            # resend until answered (the first frame of a fresh node can be lost, see above)
+            deadline = time.monotonic() + ANSWER_TIMEOUT
+            while not client.matched("/track/head_pose_faces", stamp):
+                assert time.monotonic() < deadline, f"no /track/head_pose_faces for {stamp}"
+                pub.publish(msg)
+                with client.cond:
+                    client.cond.wait_for(
+                        lambda s=stamp: client.matched("/track/head_pose_faces", s), timeout=5.0
+                    )
+            cloud = client.matched("/track/head_pose_faces", stamp)[0]
+            poses = client.wait_for(
+                lambda s=stamp: client.matched("/track/head_poses", s), ANSWER_TIMEOUT, "poses"
+            )[0]
+            table = cloud_to_table(cloud)
+            assert len(poses.poses) == len(table["track_id"]) == 1
+            tables.append(table)
+        detected, predicted = tables
+        assert detected["tracked"][0] == 0.0 and predicted["tracked"][0] == 1.0
+        assert predicted["track_id"][0] == detected["track_id"][0] >= 0
+        np.testing.assert_allclose(predicted["box_x1"], detected["box_x1"], atol=30)
+    finally:
+        if proc in client.watch:
+            client.watch.remove(proc)
+        proc.kill()

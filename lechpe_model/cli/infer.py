@@ -51,8 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backend", default="auto", help="auto, tensorrt, onnxruntime or torch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--detector", default="auto", help="auto, yuface, yunet or haar")
-    parser.add_argument("--detector-model", type=Path, help="YuNet ONNX file for --detector yunet")
+    parser.add_argument(
+        "--detector",
+        default="blazeface_full",
+        help="blazeface_full (default), blazeface, yuface, yunet, haar, auto, or a union "
+        "such as blazeface_full+yuface",
+    )
+    parser.add_argument(
+        "--detector-model", type=Path, help="ONNX file for --detector yunet (or blazeface*)"
+    )
     parser.add_argument("--score-threshold", type=float, default=0.5, help="min detector score")
     parser.add_argument("--max-faces", type=int, default=10, help="keep the N largest faces")
     parser.add_argument("--margin", type=float, help="crop margin (default: the detector's)")

@@ -189,6 +189,64 @@ def mirror_matrix(matrix: np.ndarray) -> np.ndarray:
     return _MIRROR_X @ np.asarray(matrix, dtype=np.float64) @ _MIRROR_X
 
 
+def _wrap180(a) -> np.ndarray:
+    return (np.asarray(a, np.float64) + 180.0) % 360.0 - 180.0
+
+
+def closest_euler(matrix: np.ndarray, reference) -> np.ndarray:
+    """Euler angles (yaw, pitch, roll) of one ``matrix`` nearest to ``reference``.
+
+    A rotation has two triples in this convention, ``(y, p, r)`` and ``(180 - y,
+    p + 180, r + 180)`` (wrapped); :func:`matrix_to_euler` always returns |yaw| <= 90.
+    Past 90 degrees of yaw the other triple is the continuous one.
+    """
+    a = matrix_to_euler(matrix)
+    b = _wrap180(np.array([180.0 - a[0], a[1] + 180.0, a[2] + 180.0]))
+    ref = np.asarray(reference, np.float64)
+    dist_a = np.abs(_wrap180(a - ref)).sum()
+    dist_b = np.abs(_wrap180(b - ref)).sum()
+    return a if dist_a <= dist_b else b
+
+
+def ray_rotation(direction) -> np.ndarray:
+    """Smallest rotation (optical frame) taking the optical axis onto ``direction``.
+
+    Args:
+        direction: ``(3,)`` a vector along the viewing ray to the head (optical
+            frame: x right, y down, z forward), e.g. ``(x_n, y_n, 1)`` of its pixel.
+    """
+    d = np.asarray(direction, np.float64).reshape(3)
+    d = d / np.linalg.norm(d)
+    z = np.array([0.0, 0.0, 1.0])
+    axis = np.cross(z, d)
+    s, c = float(np.linalg.norm(axis)), float(d @ z)
+    if s < 1e-12:
+        return np.eye(3)
+    k = axis / s
+    kx = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + s * kx + (1.0 - c) * kx @ kx
+
+
+def camera_to_ray_euler(angles, direction) -> np.ndarray:
+    """(yaw, pitch, roll) of a head relative to the viewing ray ``direction``.
+
+    What a crop centred on the head shows: the rotation seen by a camera turned,
+    by the smallest rotation, to look straight at the head. Equals ``angles`` (the
+    camera-frame angles, degrees) for a head on the optical axis. Networks trained
+    on ``lechpe-synth``'s robot camera predict this ray-relative pose.
+    """
+    q = ray_rotation(direction)
+    r_opt = MODEL_TO_OPTICAL @ euler_to_matrix(*np.asarray(angles, np.float64)[:3])
+    return closest_euler(MODEL_TO_OPTICAL @ (q.T @ r_opt), angles)
+
+
+def ray_to_camera_euler(ray_angles, direction) -> np.ndarray:
+    """Inverse of :func:`camera_to_ray_euler`: camera-frame angles of a ray-relative pose."""
+    q = ray_rotation(direction)
+    r_opt = q @ (MODEL_TO_OPTICAL @ euler_to_matrix(*np.asarray(ray_angles, np.float64)[:3]))
+    return closest_euler(MODEL_TO_OPTICAL @ r_opt, ray_angles)
+
+
 def pose_para_to_euler(pose_para: np.ndarray) -> np.ndarray:
     """300W-LP/AFLW2000 ``Pose_Para`` ([pitch, yaw, roll, ...] radians) -> degrees.
 

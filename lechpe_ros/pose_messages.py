@@ -40,7 +40,7 @@ import numpy as np
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 
-from lechpe_model.conventions import euler_to_quaternion
+from lechpe_model.conventions import euler_to_quaternion, ray_to_camera_euler
 
 #: Average adult face width in metres used to turn a box width into a
 #: distance. Bizygomatic (cheek-bone) breadth averages about 0.14 m in adults
@@ -162,7 +162,10 @@ def face_position(
 def _pose(position: np.ndarray, angles: np.ndarray) -> Pose:
     pose = Pose()
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in position)
-    qx, qy, qz, qw = (float(v) for v in euler_to_quaternion(*np.asarray(angles, np.float64)[:3]))
+    # The network sees the pose relative to the viewing ray of the face (its crop is
+    # centred on it); turn it into the optical frame along that ray.
+    camera_angles = ray_to_camera_euler(np.asarray(angles, np.float64)[:3], position)
+    qx, qy, qz, qw = (float(v) for v in euler_to_quaternion(*camera_angles))
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
     return pose
 

@@ -11,7 +11,11 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CameraInfo, PointCloud2
 from std_msgs.msg import Header
 
-from lechpe_model.conventions import euler_to_quaternion, quaternion_to_euler
+from lechpe_model.conventions import (
+    camera_to_ray_euler,
+    euler_to_quaternion,
+    quaternion_to_euler,
+)
 from lechpe_ros.pose_messages import (
     AVERAGE_FACE_WIDTH_M,
     FACE_FIELDS,
@@ -126,8 +130,14 @@ def test_messages_share_the_input_header_and_use_conventions_quaternions():
     assert len(msgs.poses.poses) == 3
     for face, pose in zip(faces, msgs.poses.poses, strict=True):
         q = [pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w]
-        np.testing.assert_allclose(q, euler_to_quaternion(*face.angles.astype(float)), atol=1e-12)
-        np.testing.assert_allclose(quaternion_to_euler(np.array(q)), face.angles, atol=1e-4)
+        position = [pose.position.x, pose.position.y, pose.position.z]
+        # The published orientation is in the optical frame; seen along the face's
+        # ray it is what the network predicted.
+        camera_angles = quaternion_to_euler(np.array(q))
+        np.testing.assert_allclose(
+            camera_to_ray_euler(camera_angles, position), face.angles, atol=1e-4
+        )
+        np.testing.assert_allclose(q, euler_to_quaternion(*camera_angles), atol=1e-9)
     # The primary face is the largest box (index 1), not the first.
     assert msgs.pose.pose == msgs.poses.poses[1]
     z = 500.0 * 0.15 / 140.0
@@ -135,16 +145,26 @@ def test_messages_share_the_input_header_and_use_conventions_quaternions():
     assert msgs.pose.pose.position.x == pytest.approx((170.0 - 330.0) / 500.0 * z)
 
 
-def test_frontal_face_points_its_x_axis_at_the_camera():
-    # All angles 0: the head's forward axis is optical -z (conventions docstring).
-    msgs = build_face_messages(
-        _header(), [_face((0, 0, 10, 10), (0, 0, 0))], assumed_camera_model(64, 48, 60)
-    )
+@pytest.mark.parametrize(
+    "box",
+    [(27, 19, 37, 29), (0, 0, 10, 10), (50, 30, 64, 48)],
+    ids=["centred", "top-left", "bottom-right"],
+)
+def test_frontal_face_points_its_x_axis_at_the_camera(box):
+    # All angles 0 = looking straight at the camera: the head's forward axis points
+    # back along the face's viewing ray (optical -z only for a centred face).
+    msgs = build_face_messages(_header(), [_face(box, (0, 0, 0))], assumed_camera_model(64, 48, 60))
     q = msgs.pose.pose.orientation
     from scipy.spatial.transform import Rotation
 
     forward = Rotation.from_quat([q.x, q.y, q.z, q.w]).apply([1.0, 0.0, 0.0])
-    np.testing.assert_allclose(forward, [0.0, 0.0, -1.0], atol=1e-12)
+    p = msgs.pose.pose.position
+    towards_camera = -np.array([p.x, p.y, p.z]) / math.dist((0, 0, 0), (p.x, p.y, p.z))
+    np.testing.assert_allclose(forward, towards_camera, atol=1e-9)
+    if box == (27, 19, 37, 29):
+        np.testing.assert_allclose(forward, [0.0, 0.0, -1.0], atol=1e-12)
+    else:
+        assert abs(forward[2] + 1.0) > 0.05  # off-centre: not optical -z
 
 
 def test_face_cloud_fields_round_trip_through_serialization():

@@ -14,6 +14,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from lechpe_model.conventions import camera_to_ray_euler, ray_to_camera_euler
 from training.synth.mesh import astronaut_photo, load_face_mesh
 from training.synth.renderer import Appearance, Camera
 
@@ -768,61 +769,10 @@ def _second_head(
     return composite(result, background), other
 
 
-def _wrap180(a: np.ndarray) -> np.ndarray:
-    return (np.asarray(a, np.float64) + 180.0) % 360.0 - 180.0
-
-
-def closest_euler(matrix: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Euler angles (yaw, pitch, roll) of ``matrix`` nearest to ``reference``.
-
-    A rotation has two triples in this convention, ``(y, p, r)`` and ``(180 - y,
-    p + 180, r + 180)`` (wrapped); ``matrix_to_euler`` always returns |yaw| <= 90.
-    Past 90 degrees of yaw the other triple is the continuous one (yaw 95 rather
-    than yaw 85 with pitch and roll flipped).
-    """
-    from lechpe_model.conventions import matrix_to_euler
-
-    a = matrix_to_euler(matrix)
-    b = _wrap180(np.array([180.0 - a[0], a[1] + 180.0, a[2] + 180.0]))
-    ref = np.asarray(reference, np.float64)
-    dist = lambda x: np.abs(_wrap180(x - ref)).sum()  # noqa: E731
-    return a if dist(a) <= dist(b) else b
-
-
-def _ray_rotation(t_cm: np.ndarray) -> np.ndarray:
-    """Smallest rotation (optical frame) taking the optical axis onto the ray to ``t``."""
-    d = np.asarray(t_cm, np.float64) / np.linalg.norm(t_cm)
-    z = np.array([0.0, 0.0, 1.0])
-    axis = np.cross(z, d)
-    s, c = np.linalg.norm(axis), float(d @ z)
-    if s < 1e-12:
-        return np.eye(3)
-    k = axis / s
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + s * kx + (1 - c) * kx @ kx
-
-
-def ray_relative_angles(angles: np.ndarray, t_cm: np.ndarray) -> np.ndarray:
-    """(yaw, pitch, roll) of the head relative to the viewing ray to its origin.
-
-    What a crop centred on the head shows: the rotation seen by a camera turned
-    (by the smallest rotation) to look straight at the head. Equals ``angles`` for a
-    head on the optical axis. ``angles`` are the camera-frame angles (degrees).
-    """
-    from lechpe_model.conventions import MODEL_TO_OPTICAL, euler_to_matrix
-
-    q = _ray_rotation(t_cm)
-    r_opt = MODEL_TO_OPTICAL @ euler_to_matrix(*angles)
-    return closest_euler(MODEL_TO_OPTICAL @ (q.T @ r_opt), angles)
-
-
-def camera_angles_from_ray(ray_angles: np.ndarray, t_cm: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`ray_relative_angles`: camera-frame angles of a ray-relative pose."""
-    from lechpe_model.conventions import MODEL_TO_OPTICAL, euler_to_matrix
-
-    q = _ray_rotation(t_cm)
-    r_opt = q @ (MODEL_TO_OPTICAL @ euler_to_matrix(*ray_angles))
-    return closest_euler(MODEL_TO_OPTICAL @ r_opt, ray_angles)
+# The ray-relative pose is a package convention (the node undoes it with the pixel
+# ray); it lives in lechpe_model.conventions, re-exported here for the renderer.
+ray_relative_angles = camera_to_ray_euler
+camera_angles_from_ray = ray_to_camera_euler
 
 
 def _render_identity_sample(

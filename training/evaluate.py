@@ -135,7 +135,7 @@ def identity_split(
     test_fraction)`` (at least 1 when the fraction is > 0 and n >= 3) go to test,
     the next ones to val; every face of one identity lands in one split.
     """
-    ids = sorted({int(i) for i in np.asarray(identities).reshape(-1)} - {UNKNOWN_IDENTITY})
+    ids = sorted({int(i) for i in np.asarray(list(identities)).reshape(-1)} - {UNKNOWN_IDENTITY})
     n = len(ids)
 
     def count(fraction: float) -> int:

@@ -114,9 +114,7 @@ class UncertaintyCalibration:
         return {
             "kind": CALIBRATION_KIND,
             "features": list(FEATURE_NAMES),
-            "weights": {
-                a: [float(v) for v in self.weights[k]] for k, a in enumerate(_ANGLES)
-            },
+            "weights": {a: [float(v) for v in self.weights[k]] for k, a in enumerate(_ANGLES)},
             "scale": {a: float(self.scale[k]) for k, a in enumerate(_ANGLES)},
             "coverage": ONE_SIGMA_COVERAGE,
             "fitted_on": str(self.fitted_on),

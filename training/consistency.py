@@ -223,9 +223,7 @@ def shipped_photos(names: Sequence[str] = PHOTOS) -> dict[str, np.ndarray]:
         if name not in PHOTOS:
             raise ValueError(f"unknown photo {name!r}; choose from {', '.join(PHOTOS)}")
         img = getattr(data, name)()
-        out[name] = cv2.cvtColor(
-            img, cv2.COLOR_GRAY2BGR if img.ndim == 2 else cv2.COLOR_RGB2BGR
-        )
+        out[name] = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR if img.ndim == 2 else cv2.COLOR_RGB2BGR)
     return out
 
 

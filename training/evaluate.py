@@ -266,8 +266,7 @@ def protocol_markdown(protocol: dict, title: str = "held-out identities") -> str
         ids = sets[n]["identities"]
         listed = ", ".join(f"{i} ({c})" for i, c in ids.items())
         lines.append(
-            f"{label[n]}: {sets[n]['faces']} faces of {len(ids)} identities "
-            f"(id (faces)): {listed}"
+            f"{label[n]}: {sets[n]['faces']} faces of {len(ids)} identities (id (faces)): {listed}"
         )
     lines += [
         "",

@@ -160,7 +160,7 @@ def fit_calibration(
     raw_std: np.ndarray,
     assignment: np.ndarray,
     abs_error: np.ndarray,
-    ridge: float = 1e-2,
+    ridge: float = 1e-3,
     coverage: float = ONE_SIGMA_COVERAGE,
     fitted_on: str = "",
 ) -> UncertaintyCalibration:

@@ -587,7 +587,7 @@ def calibrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="clean validation faces")
     p.add_argument("--occluded-data", default=None, help="occluded validation faces")
     p.add_argument("--out", required=True, help="calibrated checkpoint to write")
-    p.add_argument("--ridge", type=float, default=1e-2)
+    p.add_argument("--ridge", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-plot", action="store_true")

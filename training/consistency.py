@@ -271,7 +271,6 @@ def consistency_markdown(report: dict, model: str) -> str:
     ]
     for name, row in list(s["per_transform"].items()) + [
         ("all rotations", s["rotations"]),
-        ("mirror", s["mirror"]),
         ("**all transforms**", s["all"]),
         ("harness check: mirror of mirror", s["harness_mirror_of_mirror"]),
     ]:

@@ -325,7 +325,7 @@ def test_protocol_on_held_out_identities_uses_the_runs_test_margin(tmp_path):
     assert by_range["|yaw| > 60"]["faces"] == 0
     np.testing.assert_allclose(by_range["|yaw| 30-60"]["mean"], errs[0.6][[1, 3]].mean(), atol=1e-3)
     text = open(out / "protocol.md").read()
-    assert "| |yaw| < 30 | 2 |" in text and "clean: 4 faces of 2 identities" in text
+    assert "| \\|yaw\\| < 30 | 2 |" in text and "clean: 4 faces of 2 identities" in text
     assert "published (uncalibrated: raw)" in text
     # --split test takes the test identities of the data's own identity split
     out2 = tmp_path / "out2"

@@ -252,7 +252,7 @@ def protocol_markdown(protocol: dict, title: str = "held-out identities") -> str
         rule += "---|---|---|---|---|"
     lines = [header, rule]
     for rng in [r[0] for r in YAW_RANGES] + ["all"]:
-        cells = f"| {rng} |"
+        cells = f"| {rng.replace('|', chr(92) + '|')} |"  # escaped: a table cell
         for n in names:
             row = sets[n]["mae_by_yaw_range"][rng]
             cells += (
@@ -264,7 +264,9 @@ def protocol_markdown(protocol: dict, title: str = "held-out identities") -> str
     lines.append("MAE in degrees by ground-truth |yaw|.")
     for n in names:
         ids = sets[n]["identities"]
-        listed = ", ".join(f"{i} ({c})" for i, c in ids.items())
+        listed = ", ".join(
+            f"{'unknown' if int(i) == UNKNOWN_IDENTITY else i} ({c})" for i, c in ids.items()
+        )
         lines.append(
             f"{label[n]}: {sets[n]['faces']} faces of {len(ids)} identities (id (faces)): {listed}"
         )

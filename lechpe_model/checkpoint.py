@@ -61,6 +61,9 @@ CHECKSUM_KEY = "weights_sha256"  # inside the lechpe_metadata object
 #: input size, mean/std, ...): metadata edits change the angles, so they are refused.
 INTEGRITY_KEY = "integrity_sha256"
 
+# Metadata fields a checkpoint may lack (added after format 1 was fixed).
+_OPTIONAL_FIELDS = ("uncertainty_calibration",)
+
 # A safetensors header larger than this is not one of ours (corrupt length field).
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 _FLOAT_DTYPES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
@@ -115,6 +118,10 @@ class ModelMetadata:
         training_config: the trainer's configuration (JSON-serialisable).
         code_revision: ``git describe`` of the code that saved it.
         created: ISO 8601 UTC time of saving.
+        uncertainty_calibration: optional map from the raw bin-softmax spread to a
+            calibrated standard deviation (``lechpe_model.uncertainty``; written by
+            ``lechpe-eval calibrate-uncertainty``); ``{}``: publish the raw spread.
+            Omitted from the JSON when empty (older checkpoints lack it).
     """
 
     format_version: int = FORMAT_VERSION
@@ -132,6 +139,7 @@ class ModelMetadata:
     training_config: dict[str, Any] = field(default_factory=dict)
     code_revision: str = "unknown"
     created: str = ""
+    uncertainty_calibration: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bin_spec(self) -> BinSpec:
@@ -142,6 +150,8 @@ class ModelMetadata:
         data = dataclasses.asdict(self)
         for key in ("mean", "std", "angle_order"):
             data[key] = list(data[key])
+        if not data["uncertainty_calibration"]:
+            del data["uncertainty_calibration"]
         return data
 
     def to_json(self) -> str:
@@ -158,7 +168,7 @@ class ModelMetadata:
                 f"{source}: metadata must be a JSON object, got {type(data).__name__}"
             )
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in data]
+        missing = [n for n in names if n not in data and n not in _OPTIONAL_FIELDS]
         if missing:
             raise CheckpointError(f"{source}: metadata lacks field(s) {', '.join(missing)}")
         unknown = sorted(set(data) - set(names))
@@ -237,6 +247,14 @@ class ModelMetadata:
             )
         if not isinstance(data["training_config"], dict):
             raise fail("training_config", "must be a JSON object")
+        calibration = data.get("uncertainty_calibration") or {}
+        if calibration:
+            from lechpe_model.uncertainty import UncertaintyCalibration
+
+            try:
+                UncertaintyCalibration.from_dict(calibration)
+            except ValueError as exc:
+                raise fail("uncertainty_calibration", str(exc)) from exc
         return cls(
             format_version=version,
             architecture=architecture,
@@ -253,6 +271,7 @@ class ModelMetadata:
             training_config=data["training_config"],
             code_revision=as_str("code_revision"),
             created=as_str("created"),
+            uncertainty_calibration=dict(calibration),
         )
 
     @classmethod
@@ -505,6 +524,7 @@ def save_checkpoint(
     training_config: dict[str, Any] | None = None,
     dtype=None,
     input_size: int = INPUT_SIZE,
+    uncertainty_calibration: dict[str, Any] | None = None,
 ) -> ModelMetadata:
     """Write ``model`` and its metadata to ``path`` atomically (temp file + rename).
 
@@ -517,6 +537,8 @@ def save_checkpoint(
             smaller shipped file; integer buffers are kept as they are.
         input_size: side of the square crops the model was trained on (recorded so
             inference preprocesses the same way).
+        uncertainty_calibration: optional ``lechpe_model.uncertainty`` coefficients
+            (stored in the metadata, covered by its validation).
 
     Returns:
         The metadata written.
@@ -526,6 +548,7 @@ def save_checkpoint(
     if dtype not in (None, torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be None, torch.float32, float16 or bfloat16, got {dtype}")
     meta = ModelMetadata.from_model(model, training_config, input_size=input_size)
+    meta.uncertainty_calibration = dict(uncertainty_calibration or {})
     meta_json = meta.to_json()
     tensors = {}
     for name, value in model.state_dict().items():

@@ -45,6 +45,7 @@ from lechpe_model.detection import FaceDetection, FaceDetector, keep_largest
 from lechpe_model.image_checks import DEFAULT_MAX_SIDE, InvalidImage, to_bgr8
 from lechpe_model.preprocessing import crop_face, expand_box, preprocess_crops
 from lechpe_model.tracking import FaceTracker
+from lechpe_model.uncertainty import calibrated_outputs_uncertainty
 
 LOG = logging.getLogger(__name__)
 
@@ -65,7 +66,9 @@ class FacePose:
         score: detector score in [0, 1].
         angles: ``(3,)`` float32 degrees (yaw, pitch, roll), label convention of
             ``lechpe_model.conventions``.
-        uncertainty: ``(3,)`` float32 degrees, std of each angle's bin softmax.
+        uncertainty: ``(3,)`` float32 degrees: the calibrated standard deviation of
+            each angle's error when the model carries an ``uncertainty_calibration``
+            (``lechpe_model.uncertainty``), else the std of its bin softmax.
         assignment: ``(K,)`` float32 soft cluster assignment q.
         cluster: ``argmax(assignment)``.
         confidence: ``1 - entropy(q) / log K`` in [0, 1] (module docstring).
@@ -318,6 +321,8 @@ class PoseEstimator:
         start = time.perf_counter()
         try:
             outputs = self.backend.infer(batch)  # all faces of the frame in one call
+            # Calibrated sigma from the metadata (raw softmax spread if none): same for all backends.
+            outputs.uncertainty = calibrated_outputs_uncertainty(outputs, self.backend.metadata)
         except Exception as exc:
             timings["network"] = (time.perf_counter() - start) * 1e3
             result.error = f"backend {self.backend.name} failed: {type(exc).__name__}: {exc}"

@@ -201,3 +201,203 @@ def test_ablation_and_elbow_cli_on_tiny_runs(tmp_path):
         == 0
     )
     assert len(list(csv.DictReader(open(tmp_path / "elbow" / "elbow.csv")))) == 3
+
+
+# --------------------------------------------------------------- held-out-identity protocol
+
+
+def test_mae_by_yaw_range_hand_computed():
+    target = np.array(
+        [[10.0, 0, 0], [-29.9, 5, 5], [30.0, 0, 0], [-60.0, 10, 0], [75.0, 0, 0], [-61, 0, 0]]
+    )
+    err = np.array([[1.0, 2, 3], [3, 2, 1], [4, 4, 4], [2, 0, 1], [10, 5, 0], [99, 99, 99]])
+    pred = target + err * np.array([1, -1, 1])  # signs must not matter
+    valid = np.array([True, True, True, True, True, False])  # the last is unreadable
+    out = evaluate.mae_by_yaw_range(pred, target, valid)
+    assert out["|yaw| < 30"] == {"faces": 2, "yaw": 2.0, "pitch": 2.0, "roll": 2.0, "mean": 2.0}
+    mid = out["|yaw| 30-60"]  # 30 and -60 are both in 30-60
+    assert mid["faces"] == 2
+    assert (mid["yaw"], mid["pitch"], mid["roll"]) == (3.0, 2.0, 2.5)
+    assert mid["mean"] == pytest.approx(7.5 / 3)
+    assert out["|yaw| > 60"]["faces"] == 1 and out["|yaw| > 60"]["mean"] == pytest.approx(5.0)
+    assert out["all"]["faces"] == 5
+    assert out["all"]["yaw"] == pytest.approx(20 / 5)
+    assert out["all"]["mean"] == pytest.approx(err[:5].mean())
+    empty = evaluate.mae_by_yaw_range(target[:1], target[:1])
+    assert empty["|yaw| > 60"]["faces"] == 0 and np.isnan(empty["|yaw| > 60"]["mean"])
+
+
+def test_identity_split_keeps_test_identities_out_of_training():
+    ids = np.repeat(np.arange(20), 7)  # 20 identities, 7 faces each
+    split = evaluate.identity_split(ids, 0.15, 0.15, seed=3)
+    assert sorted(split) == list(range(20))
+    parts = {p: {i for i, s in split.items() if s == p} for p in ("train", "val", "test")}
+    assert (len(parts["train"]), len(parts["val"]), len(parts["test"])) == (14, 3, 3)
+    assert not parts["test"] & parts["train"] and not parts["val"] & parts["train"]
+    assert not parts["test"] & parts["val"]
+    assert evaluate.identity_split(ids, 0.15, 0.15, seed=3) == split  # deterministic
+    assert evaluate.identity_split(ids, 0.15, 0.15, seed=4) != split
+    # unknown identities (-1) are never assigned; too few identities is an error
+    assert -1 not in evaluate.identity_split([-1, 1, 2, 3, 4], 0.25, 0.25)
+    with pytest.raises(ValueError, match="3 identities cannot be split"):
+        evaluate.identity_split([1, 2, 3], 0.5, 0.5)
+
+
+def write_identity_index(folder, identities):
+    """index.csv with an identity column, as lechpe-synth writes it."""
+    with open(folder / "index.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "yaw", "pitch", "roll", "identity"])
+        for i, ident in enumerate(identities):
+            writer.writerow([f"img_{i:04d}", 0, 0, 0, ident])
+
+
+def test_protocol_on_held_out_identities_uses_the_runs_test_margin(tmp_path):
+    """Training identities are excluded and counted; crops use data.test_margin."""
+    import scipy.io
+
+    torch.manual_seed(0)
+    net = LECHPENet("mobilenet_v3_small", num_clusters=2)
+    ckpt = tmp_path / "m.safetensors"
+    with torch.no_grad():  # an untrained net barely looks at its input: make it
+        for head in net.heads.values():
+            head.weight.mul_(300.0)
+    save_checkpoint(ckpt, net, {"data": {"test_margin": 0.6}}, input_size=64)
+    data = tmp_path / "test"
+    angles = [[10, 0, 0], [-40, 5, 3], [0, 0, 0], [70, -10, 5], [5, 5, 5], [-35, 0, 1]]
+    write_300wlp(str(data), 6, seed=1, size=80, angles=angles)
+    write_identity_index(data, [7, 7, 8, 8, 9, 9])
+    train = tmp_path / "train"
+    write_300wlp(str(train), 2, seed=2, size=80)
+    # the training set names its identities in the .mat files instead of index.csv
+    for i, ident in enumerate([8, 11]):
+        mat = train / f"img_{i:04d}.mat"
+        content = scipy.io.loadmat(mat)
+        scipy.io.savemat(
+            mat,
+            {
+                "Pose_Para": content["Pose_Para"],
+                "pt2d": content["pt2d"],
+                "identity": np.array([[ident]]),
+            },
+        )
+    out = tmp_path / "out"
+    args = [
+        "--model",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-plots",
+        "--train-data",
+        str(train),
+    ]
+    assert evaluate.main(args) == 0
+    protocol = json.load(open(out / "protocol.json"))
+    clean = protocol["sets"]["non_occluded"]
+    assert clean["identities"] == {"7": 2, "9": 2}  # identity 8 was trained on
+    assert clean["left_out_by_identity_selection"] == 2
+    assert protocol["selection"]["training_identities_excluded"] == [8, 11]
+    assert protocol["test_margin"] == 0.6
+    net.eval()
+    kept = [s for s in load_dataset(str(data)).samples if s.key.split(".")[0][-1] in "0145"]
+    direct = {}
+    for margin in (0.6, 0.25):
+        rows = []
+        for s in kept:
+            img = cv2.imread(s.image_path)
+            x = torch.from_numpy(preprocess_face(img, s.box, margin=margin, input_size=64))
+            with torch.no_grad():
+                rows.append(net(x)[0][0].numpy())
+        direct[margin] = np.array(rows)
+    errs = {m: np.abs(p - np.array([s.angles for s in kept])) for m, p in direct.items()}
+    run = evaluate.evaluate_sets(str(ckpt), str(data), None, exclude_identities={8})
+    got = run["sets"]["non_occluded"]["result"]["angles"]
+    assert run["test_margin"] == 0.6
+    off_06, off_025 = np.abs(got - direct[0.6]).max(), np.abs(got - direct[0.25]).max()
+    assert off_06 < 1e-4 and off_025 > 10 * off_06  # the crops used the run's margin
+    by_range = clean["mae_by_yaw_range"]
+    assert by_range["all"]["faces"] == 4
+    np.testing.assert_allclose(by_range["all"]["yaw"], errs[0.6][:, 0].mean(), atol=1e-3)
+    # |yaw| of the kept faces: 10, 5 (< 30), -40, -35 (30-60); 70 is identity 8's (left out)
+    assert by_range["|yaw| < 30"]["faces"] == 2 and by_range["|yaw| 30-60"]["faces"] == 2
+    assert by_range["|yaw| > 60"]["faces"] == 0
+    np.testing.assert_allclose(by_range["|yaw| 30-60"]["mean"], errs[0.6][[1, 3]].mean(), atol=1e-3)
+    text = open(out / "protocol.md").read()
+    assert "| \\|yaw\\| < 30 | 2 |" in text and "clean: 4 faces of 2 identities" in text
+    assert "published (uncalibrated: raw)" in text
+    # --split test takes the test identities of the data's own identity split
+    out2 = tmp_path / "out2"
+    assert (
+        evaluate.main(
+            [
+                "--model",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--out",
+                str(out2),
+                "--no-plots",
+                "--split",
+                "test",
+                "--test-fraction",
+                "0.34",
+                "--val-fraction",
+                "0.3",
+            ]
+        )
+        == 0
+    )
+    split = evaluate.identity_split([7, 8, 9], 0.3, 0.34, 0)
+    want = {str(i): 2 for i, p in split.items() if p == "test"}
+    assert json.load(open(out2 / "protocol.json"))["sets"]["non_occluded"]["identities"] == want
+
+
+def test_calibrate_uncertainty_writes_a_calibrated_checkpoint(tmp_path):
+    from lechpe_model.checkpoint import load_checkpoint, read_metadata
+    from lechpe_model.uncertainty import UncertaintyCalibration
+
+    torch.manual_seed(0)
+    net = LECHPENet("mobilenet_v3_small", num_clusters=2)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, net, {"data": {"test_margin": 0.25}}, input_size=64)
+    data = tmp_path / "val"
+    write_300wlp(str(data), 24, seed=1, size=80)
+    write_identity_index(data, np.repeat(np.arange(8), 3))
+    out = tmp_path / "cal.safetensors"
+    assert (
+        evaluate.main(
+            [
+                "calibrate-uncertainty",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--split",
+                "all",
+            ]
+        )
+        == 0
+    )
+    meta = read_metadata(out)
+    cal = UncertaintyCalibration.from_dict(meta.uncertainty_calibration)
+    assert "24 faces" in cal.fitted_on
+    report = json.load(open(tmp_path / "cal_calibration.json"))
+    # on the fitting set the coverage is the target by construction
+    for a in ("yaw", "pitch", "roll"):
+        assert report["fit_set"]["coverage_1sigma"][a] == pytest.approx(0.6827, abs=1 / 24 + 1e-9)
+    assert (tmp_path / "cal_reliability_fit.png").stat().st_size > 1000
+    model, _ = load_checkpoint(out)  # same weights, verified
+    for k, v in net.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(model.state_dict()[k], v)
+    # lechpe-eval reports the calibrated sigma's ranking and coverage
+    ev = tmp_path / "ev"
+    assert evaluate.main(["--model", str(out), "--data", str(data), "--out", str(ev)]) == 0
+    unc = json.load(open(ev / "protocol.json"))["sets"]["non_occluded"]["uncertainty"]
+    assert unc["calibrated"] and unc["published"]["faces"] == 24
+    assert unc["published"]["coverage_1sigma"] == report["fit_set"]["coverage_1sigma"]
+    assert (ev / "reliability.png").stat().st_size > 1000

@@ -23,15 +23,36 @@ Writes to ``--out``:
 * ``tsne.png``: t-SNE of the latents coloured by cluster and by clean/occluded
   (Fig. 1b style; at most ``--tsne-max`` points, seeded).
 
-Crops use the fixed test margin (``lechpe_model.preprocessing.TEST_MARGIN``)
+* ``protocol.md`` / ``protocol.json``: the held-out-identity protocol: MAE per
+  angle and mean by |yaw| range (< 30, 30-60, > 60 deg of the ground truth) and
+  overall, clean and occluded, with the identities and face counts evaluated
+  (a table for docs/RESULTS.md); and the uncertainty block: Spearman(sigma,
+  |error|) and the fraction of errors within +-1 sigma per angle;
+* ``reliability.png``: predicted sigma against observed RMS error / coverage.
+
+Identities: ``--identities`` / ``--split test`` select identity ids (the synthetic
+sets' ``identity`` field, ``index.csv`` column or ``.mat`` entry) and
+``--train-data`` names the data the model was trained on: its identities are
+excluded (and counted), so the numbers are on identities never trained on.
+
+Crops use the run's test margin (``data.test_margin`` of the checkpoint's
+training configuration; ``lechpe_model.preprocessing.TEST_MARGIN`` if absent)
 and no augmentation; samples with any |angle| > 99 are excluded and counted
 (31 of AFLW2000's 2000 in the paper).
+
+Subcommands (``lechpe-eval SUBCOMMAND --help``):
+
+* ``consistency``: real-photo consistency check (rotations and mirroring of
+  scikit-image's astronaut and camera photos; exact transformed predictions);
+* ``calibrate-uncertainty``: fit the uncertainty calibration on validation
+  identities and write a calibrated copy of the checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -51,6 +72,232 @@ def model_input_size(meta) -> int:
     return int(meta.input_size)
 
 
+def run_test_margin(meta) -> float:
+    """The crop margin the run validated with (``data.test_margin``), else ``TEST_MARGIN``."""
+    from lechpe_model.preprocessing import TEST_MARGIN
+
+    data = (meta.training_config or {}).get("data") or {}
+    value = data.get("test_margin", TEST_MARGIN)
+    return float(TEST_MARGIN if value is None else value)
+
+
+#: Identity id of faces whose data set has none.
+UNKNOWN_IDENTITY = -1
+
+
+def _index_identities(root: str) -> dict[str, int]:
+    """``name -> identity`` from a synthetic set's ``index.csv`` ({} without the column)."""
+    path = os.path.join(root, "index.csv")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "identity" not in reader.fieldnames:
+            return {}
+        return {row["name"]: int(float(row["identity"])) for row in reader}
+
+
+def sample_identities(samples) -> np.ndarray:
+    """``(N,)`` int identity id of each sample, ``UNKNOWN_IDENTITY`` where unknown.
+
+    Read from the ``index.csv`` next to the image (column ``identity``), else from
+    the ``identity`` entry of the image's ``.mat`` annotation.
+    """
+    import scipy.io
+
+    cache: dict[str, dict[str, int]] = {}
+    out = np.full(len(samples), UNKNOWN_IDENTITY, dtype=np.int64)
+    for i, sample in enumerate(samples):
+        folder = os.path.dirname(sample.image_path)
+        if folder not in cache:
+            cache[folder] = _index_identities(folder)
+        name = os.path.splitext(os.path.basename(sample.image_path))[0]
+        if name in cache[folder]:
+            out[i] = cache[folder][name]
+            continue
+        mat = os.path.splitext(sample.image_path)[0] + ".mat"
+        if os.path.isfile(mat):
+            try:
+                entry = scipy.io.loadmat(mat, variable_names=["identity"]).get("identity")
+            except (OSError, ValueError):
+                entry = None
+            if entry is not None and np.size(entry):
+                out[i] = int(np.asarray(entry).reshape(-1)[0])
+    return out
+
+
+def identity_split(
+    identities, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> dict[int, str]:
+    """Assign each identity id to "train", "val" or "test" (deterministic in ``seed``).
+
+    The ids are sorted, shuffled with ``seed``, and the first ``round(n *
+    test_fraction)`` (at least 1 when the fraction is > 0 and n >= 3) go to test,
+    the next ones to val; every face of one identity lands in one split.
+    """
+    ids = sorted({int(i) for i in np.asarray(list(identities)).reshape(-1)} - {UNKNOWN_IDENTITY})
+    n = len(ids)
+
+    def count(fraction: float) -> int:
+        c = int(round(n * fraction))
+        return max(c, 1) if fraction > 0 and n >= 3 else c
+
+    n_test, n_val = count(test_fraction), count(val_fraction)
+    if n_test + n_val >= n and n > 0:
+        raise ValueError(
+            f"{n} identities cannot be split into val {val_fraction} / test {test_fraction} "
+            f"and leave any for training"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    split = {}
+    for rank, j in enumerate(order):
+        split[ids[j]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return split
+
+
+#: |yaw| ranges (ground truth, degrees) of the protocol: label, low, high
+#: (boundaries as in :func:`mae_by_yaw_range`).
+YAW_RANGES = (
+    ("|yaw| < 30", 0.0, 30.0),
+    ("|yaw| 30-60", 30.0, 60.0),
+    ("|yaw| > 60", 60.0, float("inf")),
+)
+
+
+def mae_by_yaw_range(pred: np.ndarray, target: np.ndarray, valid=None) -> dict[str, dict]:
+    """MAE per angle and mean by ground-truth |yaw| range and overall.
+
+    A face with |yaw| = 30 exactly counts in 30-60, 60 exactly in 30-60 too
+    (ranges ``[0, 30)``, ``[30, 60]``, ``(60, inf)``).
+
+    Returns:
+        ``{label: {"faces": n, "yaw": .., "pitch": .., "roll": .., "mean": ..}}`` with
+        the labels of :data:`YAW_RANGES` and ``"all"`` (NaN for an empty range).
+    """
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 3)
+    target = np.asarray(target, dtype=np.float64).reshape(-1, 3)
+    valid = np.ones(len(pred), bool) if valid is None else np.asarray(valid, dtype=bool)
+    err = np.abs(pred - target)
+    abs_yaw = np.abs(target[:, 0])
+    masks = {
+        "|yaw| < 30": abs_yaw < 30.0,
+        "|yaw| 30-60": (abs_yaw >= 30.0) & (abs_yaw <= 60.0),
+        "|yaw| > 60": abs_yaw > 60.0,
+        "all": np.ones(len(pred), bool),
+    }
+    out = {}
+    for label, mask in masks.items():
+        m = mask & valid
+        row: dict = {"faces": int(m.sum())}
+        for k, a in enumerate(ANGLE_NAMES):
+            row[a] = float(err[m, k].mean()) if m.any() else float("nan")
+        row["mean"] = float(err[m].mean()) if m.any() else float("nan")
+        out[label] = row
+    return out
+
+
+def published_sigma(result: dict, meta) -> np.ndarray:
+    """``(N, 3)`` the uncertainty the runtime publishes for these network outputs."""
+    from lechpe_model.uncertainty import apply_calibration
+
+    return apply_calibration(
+        getattr(meta, "uncertainty_calibration", None),
+        result["angles"],
+        result["uncertainty"],
+        result["q"],
+    ).astype(np.float64)
+
+
+def protocol_summary(evaluation: dict) -> dict:
+    """The held-out-identity protocol numbers of an :func:`evaluate_sets` result."""
+    from lechpe_model.uncertainty import rank_and_coverage
+
+    meta = evaluation["meta"]
+    calibrated = bool(getattr(meta, "uncertainty_calibration", None))
+    sets = {}
+    for name, s in evaluation["sets"].items():
+        r = s["result"]
+        valid = np.asarray(r["valid"], dtype=bool)
+        ids = np.asarray(s["identities"])[valid]
+        uniq, counts = np.unique(ids, return_counts=True)
+        err = np.abs(r["angles"] - r["target"])[valid]
+        sets[name] = {
+            "path": s.get("path"),
+            "faces": int(valid.sum()),
+            "identities": {str(int(i)): int(c) for i, c in zip(uniq, counts, strict=True)},
+            "left_out_by_identity_selection": int(s.get("not_selected", 0)),
+            "mae_by_yaw_range": mae_by_yaw_range(r["angles"], r["target"], valid),
+            "uncertainty": {
+                "calibrated": calibrated,
+                "published": rank_and_coverage(published_sigma(r, meta)[valid], err),
+                "raw_softmax_std": rank_and_coverage(np.asarray(r["uncertainty"])[valid], err),
+            },
+        }
+    return {"test_margin": evaluation.get("test_margin"), "sets": sets}
+
+
+def _fmt(value: float) -> str:
+    return "-" if not np.isfinite(value) else f"{value:.2f}"
+
+
+def protocol_markdown(protocol: dict, title: str = "held-out identities") -> str:
+    """Markdown tables (MAE by |yaw| range; uncertainty) for docs/RESULTS.md."""
+    sets = protocol["sets"]
+    names = [n for n in ("non_occluded", "occluded") if n in sets]
+    label = {"non_occluded": "clean", "occluded": "occluded"}
+    header = f"| {title} |"
+    rule = "|---|"
+    for n in names:
+        header += f" {label[n]} faces | {label[n]} yaw | pitch | roll | **mean** |"
+        rule += "---|---|---|---|---|"
+    lines = [header, rule]
+    for rng in [r[0] for r in YAW_RANGES] + ["all"]:
+        cells = f"| {rng.replace('|', chr(92) + '|')} |"  # escaped: a table cell
+        for n in names:
+            row = sets[n]["mae_by_yaw_range"][rng]
+            cells += (
+                f" {row['faces']} | {_fmt(row['yaw'])} | {_fmt(row['pitch'])} | "
+                f"{_fmt(row['roll'])} | **{_fmt(row['mean'])}** |"
+            )
+        lines.append(cells)
+    lines.append("")
+    lines.append("MAE in degrees by ground-truth |yaw|.")
+    for n in names:
+        ids = sets[n]["identities"]
+        listed = ", ".join(
+            f"{'unknown' if int(i) == UNKNOWN_IDENTITY else i} ({c})" for i, c in ids.items()
+        )
+        lines.append(
+            f"{label[n]}: {sets[n]['faces']} faces of {len(ids)} identities (id (faces)): {listed}"
+        )
+    lines += [
+        "",
+        "| uncertainty | Spearman(sigma, abs. error) yaw / pitch / roll | "
+        "within +-1 sigma yaw / pitch / roll | median sigma (deg) |",
+        "|---|---|---|---|",
+    ]
+    for n in names:
+        for kind in ("published", "raw_softmax_std"):
+            u = sets[n]["uncertainty"][kind]
+            what = (
+                "published (calibrated)"
+                if kind == "published" and sets[n]["uncertainty"]["calibrated"]
+                else "published (uncalibrated: raw)"
+                if kind == "published"
+                else "raw softmax std"
+            )
+            lines.append(
+                f"| {label[n]}, {what} | "
+                + " / ".join(_fmt(u["spearman"][a]) for a in ANGLE_NAMES)
+                + " | "
+                + " / ".join(f"{100 * u['coverage_1sigma'][a]:.0f} %" for a in ANGLE_NAMES)
+                + " | "
+                + " / ".join(_fmt(u["median_sigma"][a]) for a in ANGLE_NAMES)
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_sets(
     model_path: str,
     clean_dir: str | None,
@@ -62,12 +309,23 @@ def evaluate_sets(
     num_workers: int = 0,
     device: str = "auto",
     channel_order: str = "bgr",
+    identities: set[int] | None = None,
+    exclude_identities: set[int] | None = None,
 ) -> dict:
     """Run a checkpoint over the clean and/or occluded sets.
 
+    Crops use the run's ``data.test_margin`` (``training_config`` in the
+    checkpoint metadata; ``TEST_MARGIN`` for checkpoints without it).
+
+    Args:
+        identities: keep only faces of these identity ids (``None``: all).
+        exclude_identities: drop faces of these ids (e.g. the training identities);
+            the number dropped is reported.
+
     Returns:
         ``{"sets": {name: {"mae": (3,), "mean": float, "n": int, "excluded": int,
-        "unreadable": int, "result": run_inference dict, "keys": [...]}}, "meta": ModelMetadata}``
+        "unreadable": int, "result": run_inference dict, "keys": [...],
+        "identities": (N,) int}}, "meta": ModelMetadata, "test_margin": float}``
     """
     import torch
 
@@ -80,7 +338,8 @@ def evaluate_sets(
     dev = pick_device(device)
     model, meta = load_checkpoint(model_path, device=dev)
     input_size = model_input_size(meta)
-    out: dict = {"sets": {}, "meta": meta, "input_size": input_size}
+    margin = run_test_margin(meta)
+    out: dict = {"sets": {}, "meta": meta, "input_size": input_size, "test_margin": margin}
     for name, path, f, occluded in (
         ("non_occluded", clean_dir, fmt, False),
         ("occluded", occluded_dir, occluded_fmt, True),
@@ -96,13 +355,30 @@ def evaluate_sets(
             channel_order=channel_order,
         )
         excluded = sum(1 for _, r in ds.report.items if r.startswith(REASON_OUT_OF_RANGE))
-        LOG.info("%s (%s): %d faces; %s", name, path, len(ds), ds.report.summary())
+        ids = sample_identities(ds.samples)
+        keep = np.ones(len(ids), dtype=bool)
+        if identities is not None:
+            keep &= np.isin(ids, sorted(identities))
+        if exclude_identities:
+            keep &= ~np.isin(ids, sorted(exclude_identities))
+        not_selected = int((~keep).sum())
+        ds.samples = [smp for smp, k in zip(ds.samples, keep, strict=True) if k]
+        ids = ids[keep]
+        LOG.info(
+            "%s (%s): %d faces of %d identities (%d left out by the identity selection); %s",
+            name,
+            path,
+            len(ds),
+            len(set(ids.tolist())),
+            not_selected,
+            ds.report.summary(),
+        )
         if len(ds) == 0:
             raise SystemExit(f"{path}: no usable sample ({ds.report.summary()})")
         with torch.no_grad():
             res = run_inference(
                 model,
-                FaceCropDataset(ds.samples, input_size, train=False),
+                FaceCropDataset(ds.samples, input_size, train=False, test_margin=margin),
                 DistInfo(device=dev),
                 batch_size=batch_size,
                 num_workers=num_workers,
@@ -118,6 +394,9 @@ def evaluate_sets(
             "unreadable": int((~valid).sum()),
             "result": res,
             "keys": [s.key for s in ds.samples],
+            "identities": ids,
+            "not_selected": not_selected,
+            "path": path,
         }
     return out
 
@@ -271,6 +550,131 @@ def write_predictions(evaluation: dict, out_dir: str) -> str:
     return path
 
 
+def write_reliability_plot(evaluation: dict, path: str) -> str:
+    """``reliability.png`` of the published sigma (clean and occluded sets)."""
+    from training.plots import plot_reliability
+
+    sets = {}
+    for name, s in evaluation["sets"].items():
+        r = s["result"]
+        valid = np.asarray(r["valid"], dtype=bool)
+        sets[name.replace("_", "-")] = (
+            published_sigma(r, evaluation["meta"])[valid],
+            np.abs(r["angles"] - r["target"])[valid],
+        )
+    plot_reliability(sets, path)
+    return path
+
+
+def _checkpoint_float_dtype(path: str):
+    """torch dtype of the checkpoint's floating tensors (float16 files stay float16)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        for key in handle.keys():
+            value = handle.get_slice(key).get_dtype()
+            if value in ("F16", "BF16", "F32", "F64"):
+                return {"F16": torch.float16, "BF16": torch.bfloat16}.get(value)
+    return None
+
+
+def calibrate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="lechpe-eval calibrate-uncertainty",
+        description="Fit the published per-angle uncertainty (lechpe_model.uncertainty) on "
+        "VALIDATION identities and write a calibrated copy of the checkpoint.",
+    )
+    p.add_argument("--checkpoint", required=True, help="model (.safetensors)")
+    p.add_argument("--data", default=None, help="clean validation faces")
+    p.add_argument("--occluded-data", default=None, help="occluded validation faces")
+    p.add_argument("--out", required=True, help="calibrated checkpoint to write")
+    p.add_argument("--ridge", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-plot", action="store_true")
+    add_identity_arguments(p)
+    p.set_defaults(split="val")
+    return p
+
+
+def calibrate_main(argv: Sequence[str]) -> int:
+    """``lechpe-eval calibrate-uncertainty``: fit, save, report on the fitting set."""
+    from lechpe_model.checkpoint import load_checkpoint, save_checkpoint
+    from lechpe_model.uncertainty import fit_calibration, rank_and_coverage
+
+    args = calibrate_parser().parse_args(list(argv))
+    if not args.data and not args.occluded_data:
+        raise SystemExit("lechpe-eval calibrate-uncertainty: give --data and/or --occluded-data")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    chosen = selected_identities(args, [args.data, args.occluded_data])
+    evaluation = evaluate_sets(
+        args.checkpoint,
+        args.data,
+        args.occluded_data,
+        batch_size=args.batch_size,
+        device=args.device,
+        identities=chosen,
+    )
+    parts = {k: [] for k in ("angles", "uncertainty", "q", "err")}
+    for s in evaluation["sets"].values():
+        r = s["result"]
+        v = np.asarray(r["valid"], dtype=bool)
+        parts["angles"].append(r["angles"][v])
+        parts["uncertainty"].append(r["uncertainty"][v])
+        parts["q"].append(r["q"][v])
+        parts["err"].append(np.abs(r["angles"] - r["target"])[v])
+    angles, raw, q, err = (np.concatenate(parts[k]) for k in ("angles", "uncertainty", "q", "err"))
+    ids = sorted(
+        {int(i) for s in evaluation["sets"].values() for i in np.asarray(s["identities"]).tolist()}
+    )
+    fitted_on = (
+        f"{len(angles)} faces of {', '.join(p for p in (args.data, args.occluded_data) if p)}; "
+        f"identities {ids if len(ids) <= 40 else f'{len(ids)} ids'} (split {args.split})"
+    )
+    calibration = fit_calibration(angles, raw, q, err, ridge=args.ridge, fitted_on=fitted_on)
+    model, meta = load_checkpoint(args.checkpoint)
+    save_checkpoint(
+        args.out,
+        model,
+        meta.training_config,
+        dtype=_checkpoint_float_dtype(args.checkpoint),
+        input_size=meta.input_size,
+        uncertainty_calibration=calibration.to_dict(),
+    )
+    sigma = calibration.sigma(angles, raw, q)
+    report = {
+        "checkpoint": args.checkpoint,
+        "calibrated_checkpoint": args.out,
+        "fitted_on": fitted_on,
+        "calibration": calibration.to_dict(),
+        "fit_set": rank_and_coverage(sigma, err),
+        "fit_set_raw_softmax_std": rank_and_coverage(raw, err),
+    }
+    stem = os.path.splitext(args.out)[0]
+    with open(stem + "_calibration.json", "w", encoding="utf-8") as handle:
+        json.dump(report, handle, indent=2)
+    if not args.no_plot:
+        calibrated_meta = dataclasses.replace(
+            evaluation["meta"], uncertainty_calibration=calibration.to_dict()
+        )
+        write_reliability_plot(
+            dict(evaluation, meta=calibrated_meta), stem + "_reliability_fit.png"
+        )
+    fit = report["fit_set"]
+    print(
+        f"calibrated uncertainty written to {args.out} ({fitted_on}); on the fitting set: "
+        f"Spearman "
+        + "/".join(f"{v:+.2f}" for v in fit["spearman"].values())
+        + ", within +-1 sigma "
+        + "/".join(f"{100 * v:.0f} %" for v in fit["coverage_1sigma"].values())
+        + ", median sigma "
+        + "/".join(f"{v:.1f}" for v in fit["median_sigma"].values())
+        + " deg. Evaluate it on TEST identities with lechpe-eval."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lechpe-eval", description="MAE tables (paper Tables I-III) and plots."
@@ -293,15 +697,85 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--tsne-max", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    add_identity_arguments(p)
+    p.add_argument(
+        "--train-data",
+        action="append",
+        default=[],
+        help="data the model was trained on (repeatable): its identities are excluded "
+        "and counted, so every face evaluated is of an identity never trained on",
+    )
     return p
 
 
+def add_identity_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--identities", default=None, help="comma-separated identity ids to evaluate (default all)"
+    )
+    p.add_argument(
+        "--split",
+        choices=("all", "train", "val", "test"),
+        default="all",
+        help="evaluate only the identities of this split of the data's identities "
+        "(identity_split: --val-fraction, --test-fraction, --split-seed)",
+    )
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--split-seed", type=int, default=0)
+
+
+def selected_identities(args, data_dirs: Sequence[str | None]) -> set[int] | None:
+    """The identity ids chosen by ``--identities`` / ``--split`` (None: all)."""
+    from training.datasets import load_dataset
+
+    chosen: set[int] | None = None
+    if args.identities:
+        chosen = {int(v) for v in str(args.identities).split(",") if v.strip()}
+    if args.split != "all":
+        ids: set[int] = set()
+        for d in data_dirs:
+            if d:
+                ids |= set(sample_identities(load_dataset(d, "auto").samples).tolist())
+        if ids <= {UNKNOWN_IDENTITY}:
+            raise SystemExit(
+                f"lechpe-eval: --split {args.split} needs identity ids in the data (index.csv "
+                f"column or .mat field 'identity'); none found"
+            )
+        split = identity_split(ids, args.val_fraction, args.test_fraction, args.split_seed)
+        in_split = {i for i, part in split.items() if part == args.split}
+        chosen = in_split if chosen is None else chosen & in_split
+    return chosen
+
+
+def training_identities(train_dirs: Sequence[str]) -> set[int]:
+    """Identity ids present in the training data folders (unknown ids left out)."""
+    from training.datasets import load_dataset
+
+    ids: set[int] = set()
+    for d in train_dirs:
+        ids |= set(sample_identities(load_dataset(d, "auto").samples).tolist())
+    return ids - {UNKNOWN_IDENTITY}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "consistency":
+        from training.consistency import main as consistency_main
+
+        return consistency_main(argv[1:])
+    if argv and argv[0] == "calibrate-uncertainty":
+        return calibrate_main(argv[1:])
     args = build_parser().parse_args(argv)
     if not args.data and not args.occluded_data:
         raise SystemExit("lechpe-eval: give --data and/or --occluded-data")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.makedirs(args.out, exist_ok=True)
+    chosen = selected_identities(args, [args.data, args.occluded_data])
+    trained = training_identities(args.train_data)
+    if args.train_data:
+        LOG.info("excluding %d training identities of %s", len(trained), args.train_data)
     evaluation = evaluate_sets(
         args.model,
         args.data,
@@ -313,14 +787,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.workers,
         args.device,
         args.channel_order,
+        identities=chosen,
+        exclude_identities=trained,
     )
     sets = evaluation["sets"]
+    protocol = protocol_summary(evaluation)
+    protocol["selection"] = {
+        "identities": None if chosen is None else sorted(chosen),
+        "split": args.split,
+        "split_seed": args.split_seed,
+        "train_data": list(args.train_data),
+        "training_identities_excluded": sorted(trained),
+    }
+    with open(os.path.join(args.out, "protocol.json"), "w", encoding="utf-8") as handle:
+        json.dump(protocol, handle, indent=2)
+    protocol_md = protocol_markdown(protocol, args.name)
+    with open(os.path.join(args.out, "protocol.md"), "w", encoding="utf-8") as handle:
+        handle.write(protocol_md)
     columns = table_columns(list(sets))
     md, csv_path = write_tables({args.method: table_row(sets)}, columns, args.name, args.out)
     write_predictions(evaluation, args.out)
     summary = {
         "model": args.model,
         "input_size": evaluation["input_size"],
+        "test_margin": evaluation["test_margin"],
+        "protocol": protocol,
         "table": dict(zip(columns, table_row(sets), strict=True)),
         "sets": {
             name: {
@@ -340,8 +831,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dump(summary, handle, indent=2)
     if not args.no_plots:
         write_plots(evaluation, args.out, args.tsne_max, args.seed)
+        write_reliability_plot(evaluation, os.path.join(args.out, "reliability.png"))
     with open(md, encoding="utf-8") as handle:
         print(handle.read())
+    print(protocol_md)
     for name, s in summary["sets"].items():
         print(
             f"{name}: {s['faces']} faces, {s['excluded_out_of_range']} excluded (|angle| > 99), "

@@ -122,3 +122,45 @@ def plot_ablation(betas: Sequence[float], rows: dict[str, Sequence[float]], path
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_reliability(
+    sets: dict[str, tuple[np.ndarray, np.ndarray]], path: str, num_bins: int = 8
+) -> None:
+    """Reliability of a per-angle sigma: observed RMS error and coverage per sigma bin.
+
+    Args:
+        sets: ``{label: (sigma (N, 3), abs_error (N, 3))}`` degrees.
+        path: output PNG. Top row: RMS |error| against mean predicted sigma in
+            equal-count sigma bins (calibrated: on the diagonal). Bottom row: the
+            fraction of errors within +-sigma per bin (calibrated: 0.68).
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for k, name in enumerate(ANGLE_NAMES):
+        top, bottom = axes[0, k], axes[1, k]
+        limit = 1.0
+        for label, (sigma, err) in sets.items():
+            s, e = np.asarray(sigma)[:, k], np.asarray(err)[:, k]
+            if len(s) < num_bins:
+                continue
+            order = np.argsort(s, kind="stable")
+            groups = np.array_split(order, num_bins)
+            mean_sigma = np.array([s[g].mean() for g in groups])
+            rms = np.array([np.sqrt(np.mean(e[g] ** 2)) for g in groups])
+            cover = np.array([np.mean(e[g] <= s[g]) for g in groups])
+            top.plot(mean_sigma, rms, "o-", label=label)
+            bottom.plot(mean_sigma, cover, "o-", label=label)
+            limit = max(limit, float(mean_sigma.max()), float(rms.max()))
+        top.plot([0, limit], [0, limit], "k--", lw=0.8, label="calibrated")
+        top.set_title(name)
+        top.set_xlabel("predicted sigma (deg)")
+        top.set_ylabel("RMS |error| (deg)")
+        bottom.axhline(0.6827, color="k", ls="--", lw=0.8)
+        bottom.set_ylim(0, 1)
+        bottom.set_xlabel("predicted sigma (deg)")
+        bottom.set_ylabel("fraction |error| <= sigma")
+        top.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

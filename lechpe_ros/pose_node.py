@@ -107,6 +107,7 @@ def build_estimator(values: dict):
     options = {
         "precision": values["tensorrt_precision"],
         "force_rebuild": values["force_engine_rebuild"],
+        "onnx_precision": values["onnx_precision"],
     }
     if values["engine_cache_dir"]:
         options["cache_dir"] = values["engine_cache_dir"]

@@ -155,7 +155,7 @@ def test_int8_backend_tracks_fp32_on_face_crops(exported, synth_folder, tmp_path
     _, onnx_path = exported
     batch = q.calibration_tensors(synth_folder)
     fp32 = backends.create_backend("onnxruntime", onnx_path, device="cpu")
-    int8 = backends.create_backend("onnxruntime", onnx_path, device="cpu", precision="int8")
+    int8 = backends.create_backend("onnxruntime", onnx_path, device="cpu", onnx_precision="int8")
     assert int8.onnx_path.name == "tiny.int8.onnx" and int8.precision == "int8"
     assert fp32.onnx_path == onnx_path and fp32.precision == "fp32"
     a, b = fp32.infer(batch), int8.infer(batch)
@@ -173,22 +173,34 @@ def test_int8_backend_quantises_into_the_cache_or_says_what_is_missing(
     lone = tmp_path / "lone.onnx"
     lone.write_bytes(onnx_path.read_bytes())
     with pytest.raises(backends.BackendUnavailable, match=r"lechpe-export --int8"):
-        backends.create_backend("onnxruntime", lone, device="cpu", precision="int8")
-    with pytest.raises(ValueError, match="precision must be one of"):
-        backends.create_backend("onnxruntime", lone, device="cpu", precision="fp8")
+        backends.create_backend("onnxruntime", lone, device="cpu", onnx_precision="int8")
+    with pytest.raises(ValueError, match="onnx_precision must be one of"):
+        backends.create_backend("onnxruntime", lone, device="cpu", onnx_precision="fp8")
     npy = onnx_path.with_name("tiny.calib.npy")
     cache = tmp_path / "cache"
     first = backends.create_backend(
-        "onnxruntime", lone, device="cpu", precision="int8", calibration_dir=npy, cache_dir=cache
+        "onnxruntime",
+        lone,
+        device="cpu",
+        onnx_precision="int8",
+        calibration_dir=npy,
+        cache_dir=cache,
     )
     assert first.onnx_path.parent == cache / "onnx" and first.onnx_path.name.endswith(".int8.onnx")
     stamp = first.onnx_path.stat().st_mtime_ns
     again = backends.create_backend(
-        "onnxruntime", lone, device="cpu", precision="int8", calibration_dir=npy, cache_dir=cache
+        "onnxruntime",
+        lone,
+        device="cpu",
+        onnx_precision="int8",
+        calibration_dir=npy,
+        cache_dir=cache,
     )
     assert again.onnx_path == first.onnx_path and again.onnx_path.stat().st_mtime_ns == stamp
     # an INT8 file passed directly is used as it is
-    direct = backends.create_backend("onnxruntime", first.onnx_path, device="cpu", precision="int8")
+    direct = backends.create_backend(
+        "onnxruntime", first.onnx_path, device="cpu", onnx_precision="int8"
+    )
     assert direct.onnx_path == first.onnx_path
 
 

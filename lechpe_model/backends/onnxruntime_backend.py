@@ -27,7 +27,7 @@ PRECISIONS = ("fp32", "int8")
 def int8_onnx_for(
     onnx_path: Path, calibration_dir: str | Path | None = None, cache_dir: str | Path | None = None
 ) -> Path:
-    """The INT8 model for an fp32 ONNX file (see ``OnnxRuntimeBackend(precision="int8")``).
+    """The INT8 model for an fp32 ONNX file (see ``OnnxRuntimeBackend(onnx_precision="int8")``).
 
     Raises:
         BackendUnavailable: no INT8 model exists and no calibration data was given.
@@ -116,7 +116,7 @@ class OnnxRuntimeBackend(Backend):
         allow_spinning: let idle intra-op threads busy-wait for the next run
             (ORT's default). Off by default: on a small shared CPU the spinning
             threads took the cores the face detector and other ROS nodes need.
-        precision: ``"fp32"`` (default) or ``"int8"``: the statically quantised
+        onnx_precision: ``"fp32"`` (default) or ``"int8"``: the statically quantised
             model (``lechpe_model.quantization``). For ``"int8"`` the backend uses
             ``model_path`` itself when it is already INT8, else ``<model>.int8.onnx``
             beside the ONNX when it was quantised from the same checkpoint, else
@@ -134,7 +134,7 @@ class OnnxRuntimeBackend(Backend):
         intra_op_threads: int | None = None,
         cache_dir: str | Path | None = None,
         allow_spinning: bool = False,
-        precision: str = "fp32",
+        onnx_precision: str = "fp32",
         calibration_dir: str | Path | None = None,
         **other,
     ) -> None:
@@ -148,10 +148,12 @@ class OnnxRuntimeBackend(Backend):
         if other:
             LOG.debug("onnxruntime backend ignores options %s", sorted(other))
         providers = select_providers(ort.get_available_providers(), device)
-        precision = (precision or "fp32").lower()
+        # Its own option name: `precision` belongs to TensorRT (fp16 ...) and
+        # create_backend("auto", ...) hands every backend the same options.
+        precision = (onnx_precision or "fp32").lower()
         if precision not in PRECISIONS:
             raise ValueError(
-                f"onnxruntime: precision must be one of {PRECISIONS}, got {precision!r}"
+                f"onnxruntime: onnx_precision must be one of {PRECISIONS}, got {precision!r}"
             )
         self.onnx_path = onnx_for_model(model_path, cache_dir)
         if precision == "int8":

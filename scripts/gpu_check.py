@@ -55,7 +55,7 @@ BOXES = {
     "tensorrt_tests": 90,
     "ort_cuda_parity": 60,
     "bench": 100,
-    "train_amp_resume": 120,
+    "train_amp_resume": 150,
     "ddp": 90,
 }
 TOTAL_BUDGET_S = 460  # under 8 minutes including the report
@@ -249,7 +249,10 @@ class Check:
         summary = last[-1].strip() if last else f"pytest exit code {rc}"
         skipped_engines = "TensorRT engine tests need" in out
         status = "pass" if rc == 0 else "fail"
-        if rc == 0 and skipped_engines:
+        if rc == 0 and self.dry_run:
+            status = "dry-run"
+            summary += " (dry run: the cache-logic tests only)"
+        elif rc == 0 and skipped_engines:
             status = "dry-run" if self.dry_run else "partial"
             summary += " (engine tests skipped: TensorRT or GPU absent, see the tail)"
         self.record(name, status, secs, summary, exit_code=rc, output=out)
@@ -348,7 +351,7 @@ class Check:
                 "images",
                 str(data / "clean"),
                 "--count",
-                "24",
+                "16",
                 "--size",
                 "80",
                 "--seed",
@@ -358,7 +361,7 @@ class Check:
                 "--occluded-replica",
                 str(data / "occluded"),
             ],
-            60,
+            120,
         )
         return (data if rc == 0 else None), out
 

@@ -225,3 +225,33 @@ def test_qoperator_format_and_keep_float_groups(exported, synth_folder, tmp_path
         q.quantize_onnx_int8(onnx_path, tmp_path / "x.onnx", tensors, quant_format="int4")
     with pytest.raises(ValueError, match="keep_float: unknown group"):
         q.quantize_onnx_int8(onnx_path, tmp_path / "x.onnx", tensors, keep_float=("middle",))
+
+
+def _stats(**ms_per_stage):
+    from lechpe_model.cli import bench
+
+    samples = {s: [ms_per_stage.get(s, 0.0)] * 3 for s in bench.STAGE_COLUMNS}
+    return bench.StageStats(samples=samples, wall_s=1.0, frames=3, faces=[1, 1, 1])
+
+
+def test_bench_int8_ratio_and_non_network_share_from_the_same_run():
+    from lechpe_model.cli import bench
+
+    rows = [
+        ("onnxruntime", 1, _stats(network=30.0, detect=6.0, decode=1.0)),
+        ("onnxruntime-int8", 1, _stats(network=12.0, detect=6.0, decode=1.0)),
+        ("onnxruntime", 8, _stats(network=200.0)),
+        ("onnxruntime-int8", 8, _stats(network=80.0)),
+    ]
+    lines, ratios = bench.int8_section("default", rows)
+    assert ratios == {"int8_speedup_1": 2.5, "int8_speedup_8": 2.5}
+    assert "30.00 / 12.00 ms = **2.50x** (target >= 2x: meets)" in lines[0]
+    all_rows = {
+        "resnet50 (random weights)": [("onnxruntime", 1, _stats(network=40.0, detect=8.0))],
+        "default (shipped MobileNetV2 model)": rows,
+    }
+    share, share_ratios = bench.non_network_section(all_rows, detect_every=1)
+    assert share_ratios["non_network_share_resnet50"] == pytest.approx(8.0 / 40.0)
+    assert share_ratios["non_network_share_default"] == pytest.approx(7.0 / 30.0)
+    assert "**20%** (target <= 10%: misses)" in share[0]
+    assert "**23%** (target <= 50%: meets)" in share[1]

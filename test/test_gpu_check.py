@@ -41,14 +41,15 @@ def _results(report: Path) -> dict:
 
 def test_dry_run_runs_every_cpu_path_and_reports_it(tmp_path):
     report = tmp_path / "report.md"
-    env = dict(_env(), LECHPE_GPU_CHECK_DRY_RUN="1")
+    # Generous boxes: the time limits are for the GPU machine, not a shared 2-core CI CPU.
+    env = dict(_env(), LECHPE_GPU_CHECK_DRY_RUN="1", LECHPE_GPU_CHECK_LIMIT_S="1500")
     proc = subprocess.run(
-        [str(SCRIPT), "--report", str(report)],
+        [str(SCRIPT), "--report", str(report), "--budget", "1400", "--box-scale", "5"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=480,
+        timeout=1600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = _results(report)

@@ -107,6 +107,10 @@ class Check:
         except OSError as exc:
             return 127, f"{type(exc).__name__}: {exc}", time.monotonic() - start
 
+    def left(self, name: str, start: float) -> float:
+        """What is left of step ``name``'s (scaled) box, in unscaled seconds for :meth:`run`."""
+        return (BOXES[name] * self.box_scale - (time.monotonic() - start)) / self.box_scale
+
     def python_step(self, code: str, box: float, args: list[str] | None = None):
         """Run Python code in a subprocess; its last stdout line ``RESULT {json}`` is parsed."""
         rc, out, secs = self.run([self.python, "-c", code, *(args or [])], box)
@@ -220,7 +224,7 @@ class Check:
             if before:
                 self.run(before, 60)
             for cmd in tries:
-                rc, out, _ = self.run(cmd, BOXES[name] - (time.monotonic() - start))
+                rc, out, _ = self.run(cmd, self.left(name, start))
                 log.append(f"$ {' '.join(cmd[3:])}\n{out[-600:]}")
                 if rc == 0:
                     done.append(label)
@@ -299,7 +303,7 @@ class Check:
             "--backends",
             "onnxruntime" if self.dry_run else "tensorrt,onnxruntime,torch",
         ]
-        rc2, out2, secs2 = self.run(bench_cmd, BOXES[name] - secs)
+        rc2, out2, secs2 = self.run(bench_cmd, self.left(name, time.monotonic() - secs))
         table = [
             line for line in out2.splitlines() if line.startswith("|") or line.startswith("- ")
         ]
@@ -377,14 +381,13 @@ class Check:
             return
         full, parts = self.work / "full", self.work / "parts"
         logs = [out]
-        box = BOXES[name]
         runs = [
             self._train_cmd(data, full, device),
             self._train_cmd(data, parts, device, "--set", "train.max_steps=3"),
             self._train_cmd(data, parts, device, "--resume"),
         ]
         for cmd in runs:
-            rc, out, _ = self.run([self.python, *cmd], box - (time.monotonic() - start))
+            rc, out, _ = self.run([self.python, *cmd], self.left(name, start))
             logs.append(f"$ lechpe-train {' '.join(cmd[2:])}\n{out[-1500:]}")
             if rc != 0:
                 self.record(

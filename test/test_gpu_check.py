@@ -77,7 +77,9 @@ def test_dry_run_runs_every_cpu_path_and_reports_it(tmp_path):
     assert parity["max_abs_deg"] <= 0.05 and parity["faces"] == 18
     assert parity["angle_spread_deg"] > 1.0  # the random model's outputs vary: not a vacuous match
     rows = steps["bench"]["network_rows"]
-    assert {(r["backend"], r["batch"]) for r in rows} == {("onnxruntime", 1), ("torch", 1)}
+    assert {(r["backend"], r["batch"]) for r in rows} == {
+        (b, n) for b in ("onnxruntime", "torch") for n in (1, 2)
+    }
     assert all(r["ms"] > 0 for r in rows)
     assert any(line.startswith("| onnxruntime | 1 |") for line in steps["bench"]["lechpe_bench"])
     resume = steps["train_amp_resume"]

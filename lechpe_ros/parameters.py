@@ -119,6 +119,14 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         choices=("fp16", "fp32"),
     ),
     ParamSpec(
+        "onnx_precision",
+        "fp32",
+        "string",
+        "Precision of the ONNX Runtime model: int8 runs <model>.int8.onnx made by "
+        "`lechpe-export --int8` (static INT8 for the CPU).",
+        choices=("fp32", "int8"),
+    ),
+    ParamSpec(
         "force_engine_rebuild",
         False,
         "bool",

@@ -65,6 +65,7 @@ def build_estimator(values: dict):
     # Backends ignore the options that do not concern them.
     options = {
         "precision": values["tensorrt_precision"],
+        "onnx_precision": values["onnx_precision"],
         "force_rebuild": values["force_engine_rebuild"],
     }
     if values["engine_cache_dir"]:

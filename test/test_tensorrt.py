@@ -210,3 +210,28 @@ def test_fp16_and_int8_engines(tiny_onnx, tmp_path):
     assert list((tmp_path / "tensorrt").glob("calib-*.cache"))
     assert np.isfinite(int8.infer(batch).angles).all()
     int8.close()
+
+
+@needs_trt
+def test_int8_engine_calibrates_on_the_shared_npy(tiny_onnx, tmp_path):
+    from lechpe_model.quantization import save_calibration_tensors, tensors_sha256
+
+    rng = np.random.default_rng(3)
+    crops = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(16)]
+    tensors = preprocess_crops(crops)
+    npy = save_calibration_tensors(tmp_path / "model.calib.npy", tensors)
+    int8 = backends.create_backend(
+        "tensorrt",
+        tiny_onnx,
+        precision="int8",
+        max_batch=2,
+        cache_dir=tmp_path,
+        calibration_dir=npy,
+        calibration_batch=8,
+    )
+    cache = trtb.calibration_cache_path(tmp_path, int8.key.onnx_sha256, tensors_sha256(tensors))
+    assert cache.is_file() and cache.stat().st_size > 0
+    batch = tensors[:2]
+    reference = backends.create_backend("onnxruntime", tiny_onnx, device="cpu").infer(batch)
+    assert np.abs(int8.infer(batch).angles - reference.angles).max() < 10.0
+    int8.close()

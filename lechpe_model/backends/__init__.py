@@ -247,7 +247,9 @@ def create_backend(name: str, model_path: str | Path, device: str = "auto", **op
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         **options: backend-specific (see each backend class), e.g.
             ``intra_op_threads`` (onnxruntime, torch), ``cache_dir``,
-            ``precision``, ``max_batch`` (tensorrt).
+            ``precision``, ``max_batch`` (tensorrt), ``onnx_precision``
+            (onnxruntime: ``"fp32"`` or ``"int8"``), ``calibration_dir``
+            (INT8 calibration data for onnxruntime and tensorrt).
 
     Raises:
         BackendUnavailable: the backend cannot run here (what is missing, what to use).

@@ -20,8 +20,11 @@ changed ONNX, missing or unreadable files) rebuilds the engine and logs why.
 ``force_rebuild=True`` always rebuilds (Isaac ROS' ``force_engine_update``).
 
 Precision: ``"fp16"`` (default), ``"fp32"`` or ``"int8"``. INT8 needs
-``calibration_dir``, a folder of face crops (jpg/png, any size; they are
-preprocessed with ``preprocess_crops``): TensorRT's entropy calibrator
+``calibration_dir``: a folder of face crops (jpg/png, any size; they are
+preprocessed with ``preprocess_crops``), a ``lechpe-synth`` folder with an
+``index.csv`` of face boxes, or the ``.npy`` of calibration tensors that
+``lechpe-export --int8`` writes (the crops ONNX Runtime's INT8 model was
+calibrated on; see ``lechpe_model.quantization``): TensorRT's entropy calibrator
 (``IInt8EntropyCalibrator2``) runs over them once and writes a calibration
 cache ``<cache_dir>/tensorrt/calib-<onnx sha[:16]>-<crops sha[:12]>.cache``
 that later builds reuse.
@@ -342,6 +345,44 @@ def calibration_batches(files: list[Path], batch_size: int, input_size: int, mea
         yield preprocess_crops(crops, input_size, mean, std)
 
 
+def tensor_batches(tensors: np.ndarray, batch_size: int):
+    """Yield ``(batch_size, 3, S, S)`` batches of calibration tensors (last one padded by
+    repetition, like :func:`calibration_batches`)."""
+    for start in range(0, len(tensors), batch_size):
+        chunk = tensors[start : start + batch_size]
+        if len(chunk) < batch_size:
+            chunk = chunk[np.arange(batch_size) % len(chunk)]
+        yield np.ascontiguousarray(chunk, dtype=np.float32)
+
+
+def calibration_source(source: str | Path, batch_size: int, input_size: int, mean, std):
+    """INT8 calibration batches and a digest naming them.
+
+    ``source`` is a ``.npy`` of calibration tensors (``lechpe-export --int8`` writes
+    ``<model>.calib.npy``: the same crops ONNX Runtime's INT8 model was calibrated on),
+    a folder with a ``lechpe-synth`` ``index.csv`` (faces cropped around their boxes),
+    or a folder of face crops.
+
+    Returns:
+        ``(batches, sha)``: an iterator of float32 batches and a hex digest used in the
+        calibration cache name (the tensors' sha256, or the crop files' names and sizes).
+    """
+    from lechpe_model.quantization import calibration_tensors, tensors_sha256
+
+    path = Path(source)
+    if path.suffix.lower() == ".npy" or (path / "index.csv").is_file():
+        tensors = calibration_tensors(path, input_size, mean, std, limit=None)
+        return tensor_batches(tensors, batch_size), tensors_sha256(tensors)
+    files = calibration_files(path)
+    sha = hashlib.sha256("\n".join(f"{p.name}:{p.stat().st_size}" for p in files).encode())
+    return calibration_batches(files, batch_size, input_size, mean, std), sha.hexdigest()
+
+
+def calibration_cache_path(cache_root: str | Path, onnx_sha256: str, crops_sha: str) -> Path:
+    """TensorRT's calibration cache for a model and a calibration set."""
+    return Path(cache_root) / "tensorrt" / f"calib-{onnx_sha256[:16]}-{crops_sha[:12]}.cache"
+
+
 def make_entropy_calibrator(trt, batches, batch_size: int, cache_path: Path, buffers, nbytes):
     """An ``IInt8EntropyCalibrator2`` over ``batches``, caching to ``cache_path``."""
 
@@ -522,17 +563,11 @@ class TensorRTBackend(Backend):
             )
             calibrator = None
             if precision == "int8":
-                files = calibration_files(calibration_dir)
-                crops_sha = hashlib.sha256(
-                    "\n".join(f"{p.name}:{p.stat().st_size}" for p in files).encode()
-                ).hexdigest()
-                cache_path = (
-                    cache_root / "tensorrt" / f"calib-{key.onnx_sha256[:16]}-{crops_sha[:12]}.cache"
-                )
                 size = int(self.metadata.input_size)
-                batches = calibration_batches(
-                    files, calibration_batch, size, self.metadata.mean, self.metadata.std
+                batches, crops_sha = calibration_source(
+                    calibration_dir, calibration_batch, size, self.metadata.mean, self.metadata.std
                 )
+                cache_path = calibration_cache_path(cache_root, key.onnx_sha256, crops_sha)
                 nbytes = calibration_batch * 3 * size * size * 4
                 calibrator = make_entropy_calibrator(
                     trt, batches, calibration_batch, cache_path, self._buffers, nbytes

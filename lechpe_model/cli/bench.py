@@ -10,6 +10,16 @@ per second. It then states two ratios from the one-face frame:
 * ONNX Runtime speed-up over PyTorch eager (network p50, same model, batch 1);
 * non-network time / network time (everything but the network, p50 sums).
 
+With ``--int8-calibration DIR`` every model also gets an ``onnxruntime-int8``
+row (ONNX Runtime static INT8, ``lechpe_model.quantization``, calibrated on
+DIR) and the fp32 / int8 network ratio at each batch size; with
+``--int8-eval DIR`` (a ``lechpe-synth images`` folder) the MAE of the fp32
+and the INT8 model on its faces is reported too. The "non-network share"
+section states everything except the network (detector = the
+``lechpe_model.detection`` default, detection on every frame unless
+``--detect-every``) as a share of ResNet-50's and of the default model's
+network time. ``--arch default`` times the shipped default model.
+
 Results go to stdout and, with ``--output``, into the section of a Markdown
 file between ``<!-- lechpe-bench:start -->`` and ``<!-- lechpe-bench:end -->``
 (the rest of the file is left alone; the section is appended if absent).
@@ -18,6 +28,8 @@ Examples::
 
     lechpe-bench --arch resnet50,mobilenet_v2 --output docs/BENCHMARKS.md
     lechpe-bench --model model.safetensors --backends onnxruntime --batch-sizes 1
+    lechpe-bench --arch default,resnet50 --backends onnxruntime --batch-sizes 1,8 \
+        --int8-calibration /tmp/synth_calib --int8-eval /tmp/synth_test
 """
 
 from __future__ import annotations
@@ -270,6 +282,116 @@ def format_model_section(
     return "\n".join(lines) + "\n", ratios
 
 
+INT8_ROW = "onnxruntime-int8"
+
+
+def int8_section(title: str, rows: list[tuple[str, int, StageStats]]) -> tuple[list[str], dict]:
+    """Lines + ratios comparing fp32 and INT8 ONNX Runtime network p50 at each batch size."""
+    by_key = {(b, n): st for b, n, st in rows}
+    lines, ratios = [], {}
+    for backend, n, stats in rows:
+        if backend != INT8_ROW or ("onnxruntime", n) not in by_key:
+            continue
+        fp32, int8 = by_key[("onnxruntime", n)].p("network", 50), stats.p("network", 50)
+        if int8 > 0:
+            ratios[f"int8_speedup_{n}"] = fp32 / int8
+            verdict = "meets" if fp32 / int8 >= 2.0 else "misses"
+            lines.append(
+                f"- {title}: ONNX Runtime fp32 / INT8 network p50 at {n} face(s) per batch: "
+                f"{fp32:.2f} / {int8:.2f} ms = **{fp32 / int8:.2f}x** (target >= 2x: {verdict})"
+            )
+    return lines, ratios
+
+
+def interleaved_network_ms(
+    backends: list, batch: np.ndarray, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Network times (ms) of several backends run in turn on the same batch.
+
+    Alternating the backends round by round exposes them to the same CPU load,
+    so their ratio holds on a shared machine where load changes between rows.
+    Returns (p50 per backend, p50 of each backend's time / the first's, per round).
+    """
+    for backend in backends:
+        backend.infer(batch)
+    times = [[] for _ in backends]
+    for _ in range(rounds):
+        for i, backend in enumerate(backends):
+            start = time.perf_counter()
+            backend.infer(batch)
+            times[i].append(1000 * (time.perf_counter() - start))
+    first = np.asarray(times[0])
+    return (
+        [float(np.median(t)) for t in times],
+        [float(np.median(first / np.asarray(t))) for t in times],
+    )
+
+
+def pose_mae(backend, folder: Path, batch: int = 32) -> tuple[np.ndarray, int]:
+    """Per-axis MAE (degrees) of a backend on a ``lechpe-synth images`` folder.
+
+    Crops come from the folder's ``index.csv`` boxes with the test margin
+    (``quantization.calibration_crops``); faces with any |angle| > 99 are left
+    out (the project's rule). Returns ``(mae (3,), faces used)``.
+    """
+    import csv
+
+    from lechpe_model.preprocessing import preprocess_crops
+    from lechpe_model.quantization import calibration_crops
+
+    with open(folder / "index.csv", newline="", encoding="utf-8") as handle:
+        rows = sorted(csv.DictReader(handle), key=lambda r: r["name"])
+    labels = np.array([[float(r[k]) for k in ("yaw", "pitch", "roll")] for r in rows], np.float32)
+    crops = calibration_crops(folder, limit=None)
+    if len(crops) != len(labels):
+        raise RuntimeError(f"{folder}: {len(labels)} labels but {len(crops)} readable images")
+    keep = np.abs(labels).max(axis=1) <= 99.0
+    meta = backend.metadata
+    preds = []
+    for start in range(0, len(crops), batch):
+        tensors = preprocess_crops(
+            crops[start : start + batch], int(meta.input_size), meta.mean, meta.std
+        )
+        preds.append(backend.infer(tensors).angles)
+    errors = np.abs(np.concatenate(preds) - labels)[keep]
+    return errors.mean(axis=0), int(keep.sum())
+
+
+def non_network_section(all_rows: dict[str, list], detect_every: int) -> tuple[list[str], dict]:
+    """Everything except the network (one face, fp32 ONNX Runtime) as a share of the network
+    time of ResNet-50 and of the default model, from the rows of this run."""
+
+    def one_face(title: str, backend: str = "onnxruntime"):
+        for b, n, stats in all_rows.get(title, []):
+            if b == backend and n == 1:
+                return stats
+        return None
+
+    def other_ms(stats: StageStats) -> float:
+        others = [s for s in STAGE_COLUMNS if s != "network"]
+        if detect_every > 1:
+            return sum(float(np.mean(stats.samples.get(s) or [0.0])) for s in others)
+        return sum(stats.p(s, 50) for s in others)
+
+    lines, ratios = [], {}
+    targets = {"resnet50": 0.10, "default": 0.50, "mobilenet_v2": 0.50}
+    for title in all_rows:
+        stats = one_face(title)
+        key = title.split(" ")[0]
+        if stats is None or key not in targets or stats.p("network", 50) <= 0:
+            continue
+        other, net = other_ms(stats), stats.p("network", 50)
+        ratios[f"non_network_share_{key}"] = other / net
+        target = targets[key]
+        verdict = "meets" if other / net <= target else "misses"
+        detail = ", ".join(f"{s} {stats.p(s, 50):.2f}" for s in STAGE_COLUMNS if s != "network")
+        lines.append(
+            f"- {title}: everything except the network {other:.2f} ms ({detail}) / network "
+            f"{net:.2f} ms = **{100 * other / net:.0f}%** (target <= {100 * target:.0f}%: {verdict})"
+        )
+    return lines, ratios
+
+
 def write_section(path: Path, body: str, machine: str) -> None:
     """Replace (or append) the delimited lechpe-bench section of a Markdown file."""
     section = f"{SECTION_START}\n{body.rstrip()}\n{SECTION_END}\n"
@@ -296,7 +418,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--arch",
         default="resnet50,mobilenet_v2",
-        help="without --model: random-weight models of these backbones (comma list)",
+        help="without --model: random-weight models of these backbones (comma list); "
+        "'default' is the shipped default model",
+    )
+    parser.add_argument(
+        "--int8-calibration",
+        type=Path,
+        help="also time ONNX Runtime INT8 (row onnxruntime-int8), calibrated on this folder "
+        "(lechpe-synth images, face crops) or .npy",
+    )
+    parser.add_argument(
+        "--int8-eval",
+        type=Path,
+        help="lechpe-synth images folder: report the MAE of fp32 and INT8 ONNX Runtime on it "
+        "(trained models: --model or --arch default)",
     )
     parser.add_argument("--backends", help="comma list (default: every available backend)")
     parser.add_argument("--batch-sizes", default="1,4,16", help="faces per frame (comma list)")
@@ -345,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         models = []
         for arch in args.arch.split(","):
+            if arch == "default":
+                from lechpe_model.default_model import default_model_path
+
+                models.append(("default (shipped MobileNetV2 model)", default_model_path()))
+                continue
             print(f"lechpe-bench: building random-weight {arch} ...", file=sys.stderr)
             models.append(
                 (
@@ -353,13 +493,24 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
 
-    sections, all_ratios = [], {}
+    sections, all_ratios, all_rows, maes = [], {}, {}, {}
     for title, path in models:
         rows = []
-        for name in backends:
+        names = list(backends)
+        if args.int8_calibration and "onnxruntime" in names:
+            names.insert(names.index("onnxruntime") + 1, INT8_ROW)
+        for name in names:
+            options = {}
+            if name == INT8_ROW:
+                options = {"onnx_precision": "int8", "calibration_dir": args.int8_calibration}
             try:
                 backend = create_backend(
-                    name, path, device="auto", intra_op_threads=args.threads, cache_dir=tmp.name
+                    "onnxruntime" if name == INT8_ROW else name,
+                    path,
+                    device="auto",
+                    intra_op_threads=args.threads,
+                    cache_dir=tmp.name,
+                    **options,
                 )
             except Exception as exc:
                 print(f"lechpe-bench: skipping backend {name}: {exc}", file=sys.stderr)
@@ -381,11 +532,72 @@ def main(argv: list[str] | None = None) -> int:
                     f"detect p50 {stats.p('detect', 50):.1f} ms, {stats.fps:.1f} frames/s",
                     file=sys.stderr,
                 )
+            # Random weights have no accuracy to lose: evaluate trained models only.
+            trained = "(random weights)" not in title
+            if args.int8_eval and trained and name in ("onnxruntime", INT8_ROW):
+                mae, count = pose_mae(backend, args.int8_eval)
+                maes[(title, name)] = (mae, count)
             backend.close()
         text, ratios = format_model_section(title, rows, args.detect_every)
+        int8_lines, int8_ratios = int8_section(title, rows)
+        ratios.update(int8_ratios)
+        if args.int8_calibration and "onnxruntime" in backends:
+            pair = [
+                create_backend(
+                    "onnxruntime",
+                    path,
+                    device="auto",
+                    intra_op_threads=args.threads,
+                    cache_dir=tmp.name,
+                    **extra,
+                )
+                for extra in (
+                    {},
+                    {"onnx_precision": "int8", "calibration_dir": args.int8_calibration},
+                )
+            ]
+            size = int(pair[0].metadata.input_size)
+            for n in batch_sizes:
+                batch = np.random.default_rng(0).standard_normal((n, 3, size, size))
+                (fp32_ms, int8_ms), (_, ratio) = interleaved_network_ms(
+                    pair, batch.astype(np.float32), args.repeats
+                )
+                ratios[f"int8_interleaved_speedup_{n}"] = ratio
+                verdict = "meets" if ratio >= 2.0 else "misses"
+                int8_lines.append(
+                    f"- {title}: fp32 and INT8 network run in turn ({args.repeats} rounds, batch "
+                    f"{n}): p50 {fp32_ms:.2f} / {int8_ms:.2f} ms, median per-round ratio "
+                    f"**{ratio:.2f}x** (target >= 2x: {verdict})"
+                )
+            for backend in pair:
+                backend.close()
+        if (title, "onnxruntime") in maes and (title, INT8_ROW) in maes:
+            (m32, count), (m8, _) = maes[(title, "onnxruntime")], maes[(title, INT8_ROW)]
+            change = float(m8.mean() - m32.mean())
+            ratios["int8_mae_change"] = change
+            verdict = "meets" if abs(change) <= 0.3 else "misses"
+            int8_lines.append(
+                f"- {title}: MAE on {count} faces of `{args.int8_eval}` (yaw, pitch, roll; mean): "
+                f"fp32 {', '.join(f'{v:.2f}' for v in m32)}; {m32.mean():.2f} deg, INT8 "
+                f"{', '.join(f'{v:.2f}' for v in m8)}; {m8.mean():.2f} deg: change "
+                f"**{change:+.2f} deg** (target <= 0.3: {verdict})"
+            )
+        if int8_lines:
+            text += "\n" + "\n".join(int8_lines) + "\n"
         sections.append(text)
         all_ratios[title] = ratios
+        all_rows[title] = rows
     tmp.cleanup()
+    share_lines, _ = non_network_section(all_rows, args.detect_every)
+    if share_lines:
+        how = "every frame" if args.detect_every == 1 else f"1 frame in {args.detect_every}"
+        sections.append(
+            "#### Non-network share\n\n"
+            f"One face per frame, ONNX Runtime fp32, detector `{detector.name}` (the "
+            f"`lechpe_model.detection` default unless --detector) on {how}:\n\n"
+            + "\n".join(share_lines)
+            + "\n"
+        )
     machine = describe_machine()  # after the run: the load average covers it
 
     command = "lechpe-bench " + " ".join(argv if argv is not None else sys.argv[1:])

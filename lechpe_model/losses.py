@@ -174,9 +174,7 @@ def target_distribution(
     else:
         freq = cluster_frequency.detach().to(device=q.device, dtype=q.dtype).reshape(1, -1)
         if freq.shape[1] != q.shape[1]:
-            raise ValueError(
-                f"cluster_frequency has {freq.shape[1]} clusters, q has {q.shape[1]}"
-            )
+            raise ValueError(f"cluster_frequency has {freq.shape[1]} clusters, q has {q.shape[1]}")
     weight = q.pow(2) / freq.clamp_min(torch.finfo(q.dtype).tiny)
     return weight / weight.sum(dim=1, keepdim=True)
 

@@ -221,8 +221,9 @@ def test_train_item_is_the_rotated_crop_with_the_exact_label(samples):
         for i in range(len(samples)):
             item, s = ds[i], samples[i]
             assert item["rotation"] != 0.0 and item["rotation_rejected"] == 0
-            crop = rotated_crop(cv2.imread(s.image_path), expand_box(s.box, item["margin"]),
-                                item["rotation"])
+            crop = rotated_crop(
+                cv2.imread(s.image_path), expand_box(s.box, item["margin"]), item["rotation"]
+            )
             label = rotate_in_image_plane(s.angles, item["rotation"])
             if flip_prob:
                 crop, label = crop[:, ::-1], mirror_euler(label)

@@ -59,7 +59,7 @@ from training.checkpointing import (
     rng_state,
     save_training_state,
 )
-from training.clustering import PSchedule, batch_target, kmeans_centroids, mae, run_inference
+from training.clustering import PSchedule, kmeans_centroids, mae, run_inference
 from training.config import dump_config, load_config
 from training.datasets import PoseDataset, PoseSample, load_dataset
 from training.distributed import (
@@ -428,6 +428,7 @@ class Trainer:
         self.optimizer = None
         self.scheduler = None
         self.rotation_rejected = 0
+        self.occluded_seen = 0
         self.box_jitter = None  # detector-like training boxes (data.detector_box_stats)
         self.bad_items: set[str] = set()
         self.writer = None
@@ -689,9 +690,11 @@ class Trainer:
                 )
             t0, seen = time.perf_counter(), 0
             self.rotation_rejected = 0
+            self.occluded_seen = 0
             sums = torch.zeros(4, dtype=torch.float64)
             for batch in iterator:
                 self.rotation_rejected += int(batch["rotation_rejected"].sum())
+                self.occluded_seen += int((batch["occluded"] & batch["valid"]).sum())
                 if (
                     stage == "stage2"
                     and beta > 0
@@ -801,13 +804,14 @@ class Trainer:
             "kl": sums[2].item() / steps,
             "images_per_s": seen_all / max(elapsed, 1e-9),
             "lr": self.optimizer.param_groups[0]["lr"],
-            # rotation draws rejected because the rotated pose left the angle range
-            "rotation_rejected": int(
-                all_reduce_sum(
-                    torch.tensor([float(self.rotation_rejected)], dtype=torch.float64), self.info
-                ).item()
-            ),
         }
+        counts = all_reduce_sum(
+            torch.tensor([float(self.rotation_rejected), float(self.occluded_seen)]), self.info
+        )
+        # rotation draws rejected because the rotated pose left the angle range
+        record["rotation_rejected"] = int(counts[0].item())
+        # share of occluded faces among those trained on (stage 1: 0; stage 2: 1 - clean_fraction)
+        record["occluded_share"] = counts[1].item() / max(seen_all, 1)
         if self.config["train"]["validate"]:
             sets = [("clean", self.data.val_clean)]
             if stage == "stage2" and self.data.val_occluded:

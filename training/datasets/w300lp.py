@@ -47,7 +47,6 @@ from training.datasets.base import (
     relative_key,
 )
 
-
 #: 300W-LP image stems: <SET>_<source photo>_<view index> (``_Flip`` copies alike).
 _W300LP_STEM = re.compile(r"^((?:AFW|HELEN|IBUG|LFPW)_.+)_\d+$")
 

@@ -181,6 +181,13 @@ def test_ablation_and_elbow_cli_on_tiny_runs(tmp_path):
     s1 = load_file(str(out / "stage1" / "stage1.safetensors"))
     b0 = load_file(str(out / "beta_0" / "model.safetensors"))
     assert s1.keys() == b0.keys()
+    # Values, not key sets: k-means (same seed, same faces) gives bit-identical
+    # centroids only from bit-identical stage-1 weights.
+    shared = load_file(str(out / "stage1" / "kmeans_centroids.safetensors"))["centroids"]
+    for run in ("beta_0", "beta_100"):
+        run_c = load_file(str(out / run / "kmeans_centroids.safetensors"))["centroids"]
+        assert torch.equal(run_c, shared), run
+    assert not torch.equal(s1["heads.yaw.weight"], b0["heads.yaw.weight"])  # stage 2 trained
     assert (
         elbow.main(
             [

@@ -70,6 +70,7 @@ def test_end_to_end_stage1_kmeans_stage2_eval(tmp_path, data):
     # The node's format: loads with the library's validating loader.
     model, meta = load_checkpoint(out / "model.safetensors")
     assert meta.architecture == "resnet18" and meta.num_clusters == 3
+    assert meta.input_size == 64  # the configured size, which the runtime resizes to
     assert meta.training_config["stage2"]["beta"] == 100.0
     kmeans = json.load(open(out / "kmeans.json"))
     assert kmeans["k"] == 3 and sum(kmeans["cluster_sizes"]) == 24

@@ -429,6 +429,7 @@ class Trainer:
         self.scheduler = None
         self.rotation_rejected = 0
         self.occluded_seen = 0
+        self._cpu0 = 0.0
         self.box_jitter = None  # detector-like training boxes (data.detector_box_stats)
         self.bad_items: set[str] = set()
         self.writer = None
@@ -689,6 +690,7 @@ class Trainer:
                     loader, desc=f"{stage} epoch {epoch + 1}/{epochs}", unit="batch", leave=False
                 )
             t0, seen = time.perf_counter(), 0
+            self._cpu0 = time.process_time()
             self.rotation_rejected = 0
             self.occluded_seen = 0
             sums = torch.zeros(4, dtype=torch.float64)
@@ -803,6 +805,9 @@ class Trainer:
             "loss_angles": sums[1].item() / steps,
             "kl": sums[2].item() / steps,
             "images_per_s": seen_all / max(elapsed, 1e-9),
+            # CPU seconds of the training process (threads summed; loader workers
+            # excluded): images per CPU-second is comparable on a shared machine.
+            "cpu_s": time.process_time() - self._cpu0,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
         counts = all_reduce_sum(

@@ -45,6 +45,9 @@ DEFAULTS: dict[str, Any] = {
         # "AFW_134212_1", "subject:07") or identity ranges [first, last] of "id<N>"
         # groups. val_*: the validation set (val_fraction then unused);
         # test_*: used for neither training nor validation.
+        # Seed of the train/validation split (null: the run's seed); the ablation
+        # keeps it fixed while the stage-2 seed varies.
+        "split_seed": None,
         "val_groups": None,
         "val_identities": None,
         "test_groups": None,

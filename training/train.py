@@ -180,10 +180,11 @@ class RunData:
         if len(clean) == 0:
             raise SystemExit(f"no usable sample in {data_dir}: {clean.report.summary()}")
         by_key = {s.key: s for s in clean.samples}
+        split_seed = seed if dcfg["split_seed"] is None else int(dcfg["split_seed"])
         split = split_by_group(
             clean.samples,
             float(dcfg["val_fraction"]),
-            seed,
+            split_seed,
             val_groups=dcfg["val_groups"],
             val_identities=dcfg["val_identities"],
             test_groups=dcfg["test_groups"],
@@ -532,7 +533,11 @@ class Trainer:
             self.load_state()
         elif self.args.init_stage1:
             stage1, meta = load_checkpoint(self.args.init_stage1, device="cpu")
-            self.net.load_state_dict(stage1.state_dict())
+            weights = stage1.state_dict()
+            if weights["centroids"].shape != self.net.centroids.shape:
+                # another K (the K study): k-means sets the centroids next anyway
+                weights["centroids"] = self.net.centroids.detach().clone()
+            self.net.load_state_dict(weights)
             self.state["phase"] = "kmeans"
             LOG.info("stage 1 weights from %s; starting at k-means", self.args.init_stage1)
         if self.info.is_main:

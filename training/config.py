@@ -56,6 +56,9 @@ DEFAULTS: dict[str, Any] = {
         "angle_limit": 99.0,
         "train_margin": list(TRAIN_MARGIN_RANGE),
         "test_margin": TEST_MARGIN,
+        # JSON of `python -m training.detector_boxes measure`: training crops drawn like
+        # the deployed detector's (centre offset and scale by |yaw| range); null: landmark box.
+        "detector_box_stats": None,
         "num_workers": 2,
     },
     "augment": {

@@ -432,6 +432,10 @@ class Trainer:
         self.occluded_seen = 0
         self._cpu0 = 0.0
         self.box_jitter = None  # detector-like training boxes (data.detector_box_stats)
+        if config["data"]["detector_box_stats"]:
+            from training.detector_boxes import DetectorBoxSampler
+
+            self.box_jitter = DetectorBoxSampler.from_json(config["data"]["detector_box_stats"])
         self.bad_items: set[str] = set()
         self.writer = None
         if info.is_main:

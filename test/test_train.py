@@ -336,7 +336,7 @@ def test_training_margin_range_is_centred_on_the_test_margin(tmp_path, data):
     from training.datasets import load_dataset
     from training.torch_data import FaceCropDataset
 
-    for name in (None, "paper", "tiny", "default_model"):
+    for name in (None, "paper", "tiny", "default_model", "ablation_cpu"):
         cfg = load_config(name) if name else DEFAULTS
         lo, hi = cfg["data"]["train_margin"]
         assert (lo + hi) / 2 == pytest.approx(cfg["data"]["test_margin"]), name

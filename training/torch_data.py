@@ -108,9 +108,7 @@ class FaceCropDataset(Dataset):
             image = load_image(sample)
             if self.train:
                 margin = rng.uniform(*self.margin_range)
-                theta, angles, rejected = draw_rotation(
-                    angles, rng, self.augment, self.angle_limit
-                )
+                theta, angles, rejected = draw_rotation(angles, rng, self.augment, self.angle_limit)
                 box = sample.box
                 if box is not None and self.box_jitter is not None:
                     box = self.box_jitter(sample, rng)

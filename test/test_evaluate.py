@@ -188,8 +188,9 @@ def test_ablation_and_elbow_cli_on_tiny_runs(tmp_path):
         "seeds",
     ]
     assert [r[0] for r in rows[1:]] == ["β = 0", "β = 100"]
-    runs = list(csv.DictReader(open(out / "ablation_fixture_runs.csv")))
-    assert len(runs) == 4  # 2 betas x 2 seeds
+    all_runs = list(csv.DictReader(open(out / "ablation_fixture_runs.csv")))
+    assert [r["study"] for r in all_runs] == ["β"] * 4 + ["K"] * 4  # 2 x 2 seeds each
+    runs = all_runs[:4]
     for r in rows[1:]:
         beta = r[0].split("= ")[1]
         for col, name in ((1, "clean MAE"), (3, "occluded MAE")):

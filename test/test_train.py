@@ -350,3 +350,15 @@ def test_training_margin_range_is_centred_on_the_test_margin(tmp_path, data):
     lo, hi = DEFAULTS["data"]["train_margin"]
     assert lo <= min(margins) and max(margins) <= hi
     assert np.mean(margins) == pytest.approx(DEFAULTS["data"]["test_margin"], abs=0.015)
+
+
+def test_elbow_crops_with_the_runs_test_margin():
+    from types import SimpleNamespace
+
+    from lechpe_model.preprocessing import TEST_MARGIN
+    from training.elbow import run_test_margin
+
+    meta = SimpleNamespace(training_config={"data": {"test_margin": 0.4}})
+    assert run_test_margin(meta) == 0.4
+    assert run_test_margin(meta, 0.3) == 0.3
+    assert run_test_margin(SimpleNamespace(training_config={})) == TEST_MARGIN

@@ -149,44 +149,64 @@ def soft_assignment(latent: torch.Tensor, centroids: torch.Tensor) -> torch.Tens
     return torch.softmax(-torch.log1p(sq_dist), dim=1)
 
 
-def target_distribution(q: torch.Tensor) -> torch.Tensor:
+def target_distribution(
+    q: torch.Tensor, cluster_frequency: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. (7): ``p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j')`` with ``f_j = sum_i q_ij``.
 
     Squaring sharpens each row towards its most likely cluster, and dividing
     by the cluster frequency ``f_j`` stops large clusters from absorbing
-    everything.  ``f_j`` sums over the rows given: pass the q of the whole
-    data set (DEC) or of the batch (what :func:`total_loss` does by default).
+    everything.  By default ``f_j`` sums over the rows given (the batch);
+    pass ``cluster_frequency`` to use the frequencies of a larger set instead
+    (the whole training set, as DEC): each row of P then depends only on its
+    own q and the fixed f (only the ratios of f matter: rows are normalised).
 
     Args:
         q: ``(N, K)`` soft assignments.
+        cluster_frequency: ``(K,)`` f_j, or None for ``q.sum(0)``.
 
     Returns:
         ``(N, K)`` detached target distribution, rows sum to 1.
     """
     q = q.detach()
-    weight = q.pow(2) / q.sum(dim=0, keepdim=True)
+    if cluster_frequency is None:
+        freq = q.sum(dim=0, keepdim=True)
+    else:
+        freq = cluster_frequency.detach().to(device=q.device, dtype=q.dtype).reshape(1, -1)
+        if freq.shape[1] != q.shape[1]:
+            raise ValueError(f"cluster_frequency has {freq.shape[1]} clusters, q has {q.shape[1]}")
+    weight = q.pow(2) / freq.clamp_min(torch.finfo(q.dtype).tiny)
     return weight / weight.sum(dim=1, keepdim=True)
 
 
-def clustering_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Eq. (8): ``KL(P || Q) = sum_j p_ij log(p_ij / q_ij)``, averaged over samples i.
+#: How :func:`clustering_kl` reduces over the samples of a batch.
+KL_REDUCTIONS = ("batchmean", "sum")
 
-    The paper writes a sum over samples; the batch mean is used here so that
-    the value (and hence a good ``beta``) does not change with the batch size
-    and is on the same per-sample scale as the multi-loss, whose terms are
-    batch means (eq. 4).  Terms with ``p_ij = 0`` contribute 0.
+
+def clustering_kl(p: torch.Tensor, q: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
+    """Eq. (8): ``KL(P || Q) = sum_i sum_j p_ij log(p_ij / q_ij)``.
+
+    ``reduction="sum"`` is eq. (8) as printed (a sum over the samples i);
+    ``"batchmean"`` (the default) divides it by the batch size N, so the value
+    (and hence a good ``beta``) does not change with the batch size and is on
+    the per-sample scale of the multi-loss, whose terms are batch means
+    (eq. 4).  The two are the same loss for ``beta_batchmean = N * beta_sum``.
+    Terms with ``p_ij = 0`` contribute 0.
 
     Args:
         p: ``(N, K)`` target distribution (treated as a constant by callers).
         q: ``(N, K)`` soft assignment; gradients flow through it.
+        reduction: ``"batchmean"`` or ``"sum"`` (:data:`KL_REDUCTIONS`).
 
     Returns:
         scalar, in nats, >= 0; 0 exactly when P = Q.
     """
     if p.shape != q.shape or q.dim() != 2:
         raise ValueError(f"p and q must both be (N, K), got {tuple(p.shape)} and {tuple(q.shape)}")
+    if reduction not in KL_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {KL_REDUCTIONS}, got {reduction!r}")
     log_q = q.clamp_min(torch.finfo(q.dtype).tiny).log()
-    return F.kl_div(log_q, p, reduction="batchmean")
+    return F.kl_div(log_q, p, reduction=reduction)
 
 
 class LossOutput(NamedTuple):
@@ -209,6 +229,7 @@ def total_loss(
     *,
     bin_centers: torch.Tensor | None = None,
     bin_width: float = 3.0,
+    kl_reduction: str = "batchmean",
 ) -> LossOutput:
     """Eq. (9): ``L_yaw + L_pitch + L_roll + beta * KL(P || Q)``.
 
@@ -225,6 +246,8 @@ def total_loss(
         bin_centers: ``(B,)`` degrees; default: B bins of ``bin_width``
             centred on 0.
         bin_width: degrees.
+        kl_reduction: ``"batchmean"`` or ``"sum"`` (eq. 8 as printed), see
+            :func:`clustering_kl`.
     """
     if bin_centers is None:
         num_bins = logits.shape[-1]
@@ -234,9 +257,9 @@ def total_loss(
     if beta == 0:
         with torch.no_grad():
             q = soft_assignment(latent, centroids)
-            kl = clustering_kl(target_distribution(q) if p is None else p, q)
+            kl = clustering_kl(target_distribution(q) if p is None else p, q, kl_reduction)
         return LossOutput(angle, angle, parts, kl)
     q = soft_assignment(latent, centroids)
     p = target_distribution(q) if p is None else p.detach()
-    kl = clustering_kl(p, q)
+    kl = clustering_kl(p, q, kl_reduction)
     return LossOutput(angle + beta * kl, angle, parts, kl)

@@ -257,3 +257,84 @@ def test_unknown_layout_is_named(tmp_path):
     (tmp_path / "readme.txt").write_text("hi")
     with pytest.raises(ValueError, match="no known dataset layout"):
         load_dataset(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- split groups
+
+
+def test_300wlp_groups_by_source_photo_and_synthetic_identity(tmp_path):
+    from training.datasets.w300lp import source_group
+
+    root = tmp_path / "300W_LP"
+    write_300wlp(str(root / "AFW"), 2, seed=0, size=48)
+    names = {
+        "AFW/img_0000": "AFW/AFW_134212_1_3",
+        "AFW/img_0001": "AFW/AFW_134212_1_0",
+    }
+    write_300wlp(str(root / "AFW_Flip"), 1, seed=1, size=48)
+    names["AFW_Flip/img_0000"] = "AFW_Flip/AFW_134212_1_3"
+    write_300wlp(str(root / "HELEN"), 1, seed=2, size=48)
+    names["HELEN/img_0000"] = "HELEN/HELEN_232194_1_12"
+    write_300wlp(str(root / "AFLW2000"), 1, seed=3, size=48)
+    names["AFLW2000/img_0000"] = "AFLW2000/image00002"
+    for old, new in names.items():
+        for ext in (".jpg", ".mat"):
+            os.rename(root / (old + ext), root / (new + ext))
+    # a synthetic face with an identity (1, 1) integer, as lechpe-synth writes it
+    write_300wlp(str(root / "synth"), 2, seed=4, size=48)
+    mat = scipy.io.loadmat(root / "synth" / "img_0001.mat")
+    mat = {k: v for k, v in mat.items() if not k.startswith("__")}
+    mat["identity"] = np.array([[17]], dtype=np.int32)
+    scipy.io.savemat(root / "synth" / "img_0001.mat", mat)
+    groups = {s.key: s.split_group for s in load_dataset(str(root)).samples}
+    assert groups == {
+        "AFW/AFW_134212_1_0.jpg": "AFW_134212_1",
+        "AFW/AFW_134212_1_3.jpg": "AFW_134212_1",
+        "AFW_Flip/AFW_134212_1_3.jpg": "AFW_134212_1",
+        "HELEN/HELEN_232194_1_12.jpg": "HELEN_232194_1",
+        "AFLW2000/image00002.jpg": "AFLW2000/image00002.jpg",  # its own group
+        "synth/img_0000.jpg": "synth/img_0000.jpg",  # no identity: its own group
+        "synth/img_0001.jpg": "id17",
+    }
+    assert source_group("x/IBUG_image_003_1_Flip_4.jpg") == "IBUG_image_003_1"
+    # a malformed identity is a skipped, counted item
+    mat["identity"] = np.array([[1.5, 2.0]])
+    scipy.io.savemat(root / "synth" / "img_0001.mat", mat)
+    ds = load_dataset(str(root))
+    assert ds.report.counts()["malformed annotation"] == 1
+    assert "identity must be one integer" in ds.report.items[0][1]
+
+
+def test_biwi_pandora_csv_groups(tmp_path):
+    root = tmp_path / "hpdb"
+    _write_biwi_raw(str(root / "01"), [(0.0, 0.0, 0.0), (5.0, 0.0, 0.0)])
+    _write_biwi_raw(str(root / "02"), [(1.0, 0.0, 0.0)])
+    ds = load_dataset(str(root))
+    assert [s.split_group for s in ds.samples] == ["subject:01", "subject:01", "subject:02"]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    poses = np.zeros((4, 3))
+    np.savez(tmp_path / "with.npz", image=images, pose=poses, subject=np.array([3, 3, 4, 4]))
+    np.savez(tmp_path / "without.npz", image=images, pose=poses)
+    with_subject = load_dataset(str(tmp_path / "with.npz"))
+    assert [s.split_group for s in with_subject.samples] == ["subject3"] * 2 + ["subject4"] * 2
+    without = load_dataset(str(tmp_path / "without.npz"))
+    assert [s.split_group for s in without.samples] == [f"without.npz#{i}" for i in range(4)]
+    _write_pandora(
+        str(tmp_path / "pandora"),
+        {
+            "07/base_1/RGB/frame_000001_RGB.png": ((1.0, 2.0, 3.0), None),
+            "09/base_1/RGB/frame_000001_RGB.png": ((1.0, 2.0, 3.0), None),
+        },
+    )
+    pandora = load_dataset(str(tmp_path / "pandora"))
+    assert [s.split_group for s in pandora.samples] == ["subject:07", "subject:09"]
+    faces = tmp_path / "csv"
+    faces.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(faces / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
+    (faces / "labels.csv").write_text(
+        "image,yaw,pitch,roll,group\n0.png,1,2,3,alice\n1.png,1,2,3,alice\n2.png,1,2,3,\n"
+    )
+    csv_ds = load_dataset(str(faces))
+    assert [s.split_group for s in csv_ds.samples] == ["alice", "alice", "2.png"]

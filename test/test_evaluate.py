@@ -163,6 +163,14 @@ def test_ablation_and_elbow_cli_on_tiny_runs(tmp_path):
         "--betas",
         "0",
         "100",
+        "--seeds",
+        "0",
+        "1",
+        "--ks",
+        "2",
+        "3",
+        "--k-beta",
+        "100",
         "--no-progress",
         "--set",
         "data.max_samples=16",
@@ -171,16 +179,43 @@ def test_ablation_and_elbow_cli_on_tiny_runs(tmp_path):
     ]
     assert ablation.main(argv) == 0
     rows = list(csv.reader(open(out / "ablation_fixture.csv")))
-    assert rows[0] == ["fixture", "Non-occluded", "Occluded", "MAE"]
+    assert rows[0] == [
+        "fixture",
+        "clean mean",
+        "clean std",
+        "occluded mean",
+        "occluded std",
+        "seeds",
+    ]
     assert [r[0] for r in rows[1:]] == ["β = 0", "β = 100"]
+    all_runs = list(csv.DictReader(open(out / "ablation_fixture_runs.csv")))
+    assert [r["study"] for r in all_runs] == ["β"] * 4 + ["K"] * 4  # 2 x 2 seeds each
+    runs = all_runs[:4]
     for r in rows[1:]:
-        assert float(r[3]) == pytest.approx((float(r[1]) + float(r[2])) / 2, abs=2e-3)
-    # Both betas started from the same stage-1 weights.
+        beta = r[0].split("= ")[1]
+        for col, name in ((1, "clean MAE"), (3, "occluded MAE")):
+            vals = [float(x[name]) for x in runs if x["value"] == beta]
+            assert float(r[col]) == pytest.approx(np.mean(vals), abs=2e-4)
+            assert float(r[col + 1]) == pytest.approx(np.std(vals, ddof=1), abs=2e-4)
+    md = open(out / "ablation_fixture.md").read()
+    assert "| β = 0 | " in md and " ± " in md and "seeds" in md
+    assert (out / "ablation_fixture.png").is_file()
+    k_rows = list(csv.reader(open(out / "ablation_k_fixture.csv")))
+    assert [r[0] for r in k_rows[1:]] == ["K = 2", "K = 3"]
+    assert k_rows[0][5:7] == ["k-means inertia mean", "k-means inertia std"]
+    assert k_rows[2][1] == rows[2][1]  # K = 3 is the configured K: the beta = 100 runs
+    # Every run started from the one stage 1. Values, not key sets: k-means (same
+    # seed, same faces) gives bit-identical centroids only from identical weights.
     from safetensors.torch import load_file
 
     s1 = load_file(str(out / "stage1" / "stage1.safetensors"))
-    b0 = load_file(str(out / "beta_0" / "model.safetensors"))
+    b0 = load_file(str(out / "beta_0_seed0" / "model.safetensors"))
     assert s1.keys() == b0.keys()
+    shared = load_file(str(out / "stage1" / "kmeans_centroids.safetensors"))["centroids"]
+    for run in ("beta_0_seed0", "beta_100_seed0"):
+        run_c = load_file(str(out / run / "kmeans_centroids.safetensors"))["centroids"]
+        assert torch.equal(run_c, shared), run
+    assert not torch.equal(s1["heads.yaw.weight"], b0["heads.yaw.weight"])  # stage 2 trained
     assert (
         elbow.main(
             [

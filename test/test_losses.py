@@ -200,3 +200,58 @@ def test_total_loss_uses_given_p():
         losses.clustering_kl(losses.target_distribution(q), q).item()
     )
     assert default.kl.item() != pytest.approx(result.kl.item())
+
+
+def test_kl_sum_equals_batchmean_times_n():
+    """Eq. (8) as printed (a sum over samples) is batchmean x N: beta_mean = N * beta_sum."""
+    torch.manual_seed(1)
+    n, k, d = 6, 4, 5
+    latent = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    centroids = torch.randn(k, d, dtype=torch.float64)
+    logits = torch.randn(n, 3, 4, dtype=torch.float64)
+    target = torch.rand(n, 3, dtype=torch.float64) * 20 - 10
+    q = losses.soft_assignment(latent, centroids)
+    p = losses.target_distribution(q)
+    by_hand = (p * (p / q).log()).sum()
+    kl_sum = losses.clustering_kl(p, q, "sum")
+    assert kl_sum.item() == pytest.approx(by_hand.item(), rel=1e-12)
+    assert losses.clustering_kl(p, q).item() == pytest.approx(by_hand.item() / n, rel=1e-12)
+    beta_sum = 3.0
+    grads = []
+    for reduction, beta in (("sum", beta_sum), ("batchmean", n * beta_sum)):
+        out = losses.total_loss(
+            logits,
+            latent,
+            centroids,
+            target,
+            beta=beta,
+            p=p,
+            bin_centers=CENTERS,
+            bin_width=5.0,
+            kl_reduction=reduction,
+        )
+        (grad,) = torch.autograd.grad(out.total, latent)
+        grads.append((out.total.item(), grad))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-12)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        losses.clustering_kl(p, q, "mean")
+
+
+def test_target_distribution_with_fixed_cluster_frequency():
+    q = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]], dtype=torch.float64)
+    f = torch.tensor([2.0, 1.0, 4.0], dtype=torch.float64)
+    w = torch.tensor(
+        [[0.36 / 2, 0.09 / 1, 0.01 / 4], [0.04 / 2, 0.04 / 1, 0.36 / 4]], dtype=torch.float64
+    )
+    expected = w / w.sum(1, keepdim=True)
+    got = losses.target_distribution(q, f)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
+    # each row depends only on its own q: one row alone gives the same result
+    torch.testing.assert_close(losses.target_distribution(q[1:], f), got[1:])
+    # default: f = the column sums of the rows given
+    torch.testing.assert_close(
+        losses.target_distribution(q), losses.target_distribution(q, q.sum(0))
+    )
+    with pytest.raises(ValueError, match="cluster_frequency has 2 clusters"):
+        losses.target_distribution(q, f[:2])

@@ -70,6 +70,7 @@ def test_end_to_end_stage1_kmeans_stage2_eval(tmp_path, data):
     # The node's format: loads with the library's validating loader.
     model, meta = load_checkpoint(out / "model.safetensors")
     assert meta.architecture == "resnet18" and meta.num_clusters == 3
+    assert meta.input_size == 64  # the configured size, which the runtime resizes to
     assert meta.training_config["stage2"]["beta"] == 100.0
     kmeans = json.load(open(out / "kmeans.json"))
     assert kmeans["k"] == 3 and sum(kmeans["cluster_sizes"]) == 24
@@ -181,3 +182,183 @@ def test_ddp_two_gloo_processes_equal_one_process(tmp_path, data):
     assert moved > 20 * (a["heads.yaw.weight"] - b["heads.yaw.weight"]).abs().max()
     kl = [json.loads(line)["kl"] for line in open(ddp / "metrics.jsonl")]
     assert kl[-1] > 1e-3  # the clustering term was active
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _samples(groups):
+    from training.datasets import PoseSample
+
+    return [
+        PoseSample(key=f"{g}/{i}.jpg", angles=np.zeros(3), image_path="", group=g)
+        for g, n in groups.items()
+        for i in range(n)
+    ]
+
+
+def test_split_by_group_never_puts_a_group_on_both_sides():
+    groups = {f"id{i}": 1 + i % 4 for i in range(30)}
+    groups.update({f"AFW_{i}_1": 3 for i in range(10)})
+    samples = _samples(groups)
+    group_of = {s.key: s.split_group for s in samples}
+    split = train.split_by_group(samples, 0.25, seed=3)
+    train_g = {group_of[k] for k in split.train}
+    val_g = {group_of[k] for k in split.val}
+    assert train_g.isdisjoint(val_g)
+    assert set(split.train).isdisjoint(split.val)
+    assert sorted(split.train + split.val) == sorted(group_of)  # nothing lost
+    assert len(val_g) == 10 and len(train_g) == 30  # 25 % of the 40 groups
+    assert train.split_by_group(samples, 0.25, seed=3) == split  # seeded
+    assert train.split_by_group(samples, 0.25, seed=4).val != split.val
+    # Explicit held-out identities: validation ids 0-4, test ids 5-9 never used.
+    explicit = train.split_by_group(
+        samples,
+        0.25,
+        seed=3,
+        val_identities=[0, 4],
+        test_identities=[5, 9],
+        test_groups=["AFW_0_1"],
+    )
+    assert {group_of[k] for k in explicit.val} == {f"id{i}" for i in range(5)}
+    used = {group_of[k] for k in explicit.train + explicit.val}
+    assert used.isdisjoint({f"id{i}" for i in range(5, 10)} | {"AFW_0_1"})
+    assert {group_of[k] for k in explicit.held_out} == {f"id{i}" for i in range(5, 10)} | {
+        "AFW_0_1"
+    }
+    assert len(explicit.train) + len(explicit.val) + len(explicit.held_out) == len(samples)
+
+
+def _add_identities(folder, identity_of_index):
+    import scipy.io
+
+    for i, ident in enumerate(identity_of_index):
+        path = os.path.join(folder, f"img_{i:04d}.mat")
+        mat = {k: v for k, v in scipy.io.loadmat(path).items() if not k.startswith("__")}
+        mat["identity"] = np.array([[ident]], dtype=np.int32)
+        scipy.io.savemat(path, mat)
+
+
+def test_run_data_splits_by_identity_in_both_replicas(tmp_path):
+    from training.config import load_config
+
+    clean, occluded = str(tmp_path / "c"), str(tmp_path / "o")
+    write_300wlp(clean, 24, seed=1, size=48)
+    _add_identities(clean, [i % 8 for i in range(24)])  # 8 people, 3 views each
+    write_occluded_replica(clean, occluded, seed=2)
+    config = load_config("tiny", ["data.val_fraction=0.25", "data.test_identities=[6, 7]"])
+    data = train.RunData(config, clean, occluded)
+
+    def ids(samples):
+        return {s.key: s.split_group for s in samples}
+
+    train_ids, val_ids = set(ids(data.stage1_train).values()), set(ids(data.val_clean).values())
+    assert train_ids.isdisjoint(val_ids) and len(train_ids | val_ids) == 6
+    assert not (train_ids | val_ids) & {"id6", "id7"}  # held-out test identities unused
+    assert set(ids(data.val_occluded).values()) == val_ids
+    assert all(s.occluded for s in data.val_occluded + data.stage2_train)
+    assert [s.key for s in data.stage2_train] == [s.key for s in data.stage1_train]
+    assert len(data.stage1_train) == 3 * len(train_ids)
+
+
+# --------------------------------------------------------------------------- stage 2
+
+
+def test_stage2_target_is_eq7_of_each_crops_own_q_mirrored_included(tmp_path):
+    """The P row of every sample comes from the q of the very (mirrored) crop trained on,
+    with the data-set cluster frequencies f held fixed (catches rolled or misaligned rows
+    and rows computed from the un-mirrored crop)."""
+    from lechpe_model.network import build_model
+    from training.augment import AugmentConfig
+    from training.clustering import PSchedule
+    from training.datasets import load_dataset
+    from training.distributed import DistInfo
+    from training.torch_data import FaceCropDataset, collate
+
+    write_300wlp(str(tmp_path), 8, seed=6, size=64)
+    samples = load_dataset(str(tmp_path)).samples
+    torch.manual_seed(0)
+    net = build_model({"backbone": "resnet18", "num_clusters": 3, "pretrained": False}).eval()
+    mirror = AugmentConfig(flip_prob=1.0, blur_prob=0, resample_prob=0)
+    crops = FaceCropDataset(samples, 64, train=True, augment=mirror, seed=1)
+    batch = collate([crops[i] for i in range(len(samples))])
+    with torch.no_grad():  # centroids at three un-mirrored crops: distinct, sharp q rows
+        net.set_centroids(net.forward_train(batch["image"][:3].flip(-1)).latent)
+    freq = torch.tensor([3.0, 1.0, 2.0])
+    schedule = PSchedule("dataset")
+    schedule.update(np.tile((freq / 8).numpy(), (8, 1)), 0)  # f = column sums of q
+    torch.testing.assert_close(schedule.cluster_frequency, freq)
+    module = train._LossForward(net, 1.0, DistInfo(), schedule)
+    beta = 7.0
+    with torch.no_grad():
+        loss = module(batch["image"], batch["angles"], beta)
+        q = net.forward_train(batch["image"]).q.double().numpy()
+        q_unflipped = net.forward_train(batch["image"].flip(-1)).q.double().numpy()
+    # eq. (7) by hand, row by row, with the fixed f
+    w = q**2 / freq.double().numpy()
+    p = w / w.sum(1, keepdims=True)
+    kl = float(np.mean(np.sum(p * np.log(p / q), axis=1)))
+    assert loss.kl.item() == pytest.approx(kl, rel=1e-4)
+    assert loss.total.item() == pytest.approx(loss.angle.item() + beta * kl, rel=1e-4)
+    # The alternatives differ: rows of the un-mirrored crops, or rows rolled by one.
+    w0 = q_unflipped**2 / freq.double().numpy()
+    p0 = w0 / w0.sum(1, keepdims=True)
+    for wrong in (p0, np.roll(p, 1, axis=0)):
+        assert abs(float(np.mean(np.sum(wrong * np.log(wrong / q), axis=1))) - kl) > 0.05 * kl
+
+
+def test_stage2_uses_configured_beta_refreshes_p_and_trains_on_occluded(tmp_path, data):
+    out = tmp_path / "run"
+    _run(
+        out,
+        data,
+        *("--set", "stage2.epochs=2", "--set", "stage2.beta=7", "--set", "data.max_samples=16"),
+    )
+    records = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["stage"] for r in records] == ["stage1", "stage2", "stage2"]
+    # stage 1 sees only clean faces, stage 2 only occluded ones (clean_fraction 0)
+    assert records[0]["occluded_share"] == 0.0
+    assert [r["occluded_share"] for r in records[1:]] == [1.0, 1.0]
+    for r in records[1:]:
+        assert r["kl"] > 1e-4
+        # eq. (9) with the configured beta (not 1, not 100)
+        assert r["loss_total"] == pytest.approx(r["loss_angles"] + 7.0 * r["kl"], rel=1e-5)
+    assert records[0]["loss_total"] == pytest.approx(records[0]["loss_angles"], rel=1e-9)
+    # f from k-means (#1), refreshed at the start of epoch 2 (#2): 16 faces, batch 8
+    _, state = load_training_state(str(out / "state.safetensors"))
+    assert state["p_schedule"]["updates"] == 2
+    assert state["p_schedule"]["last_update_step"] == 2
+
+
+def test_training_margin_range_is_centred_on_the_test_margin(tmp_path, data):
+    from training.augment import NO_AUGMENT
+    from training.config import DEFAULTS, load_config
+    from training.datasets import load_dataset
+    from training.torch_data import FaceCropDataset
+
+    for name in (None, "paper", "tiny", "default_model", "ablation_cpu"):
+        cfg = load_config(name) if name else DEFAULTS
+        lo, hi = cfg["data"]["train_margin"]
+        assert (lo + hi) / 2 == pytest.approx(cfg["data"]["test_margin"]), name
+        assert hi > lo
+    samples = load_dataset(data[0]).samples
+    ds = FaceCropDataset(samples, 32, train=True, augment=NO_AUGMENT, seed=0)
+    margins = [ds[i]["margin"] for i in range(len(samples))]
+    for epoch in (1, 2, 3):
+        ds.set_epoch(epoch)
+        margins += [ds[i]["margin"] for i in range(len(samples))]
+    lo, hi = DEFAULTS["data"]["train_margin"]
+    assert lo <= min(margins) and max(margins) <= hi
+    assert np.mean(margins) == pytest.approx(DEFAULTS["data"]["test_margin"], abs=0.015)
+
+
+def test_elbow_crops_with_the_runs_test_margin():
+    from types import SimpleNamespace
+
+    from lechpe_model.preprocessing import TEST_MARGIN
+    from training.elbow import run_test_margin
+
+    meta = SimpleNamespace(training_config={"data": {"test_margin": 0.4}})
+    assert run_test_margin(meta) == 0.4
+    assert run_test_margin(meta, 0.3) == 0.3
+    assert run_test_margin(SimpleNamespace(training_config={})) == TEST_MARGIN

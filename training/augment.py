@@ -9,7 +9,18 @@ augmentation is a function of (seed, epoch, index) (see ``training.torch_data``)
   ``lechpe_model.conventions.mirror_euler`` (yaw and roll negated);
 * blur: Gaussian blur with sigma ~ U(blur_sigma) pixels of the crop;
 * resample: shrink by a factor ~ U(resample_scale) (INTER_AREA) and enlarge
-  back (INTER_LINEAR): the loss of detail of a distant or low-resolution face.
+  back (INTER_LINEAR): the loss of detail of a distant or low-resolution face;
+* rotate (``rotate_prob``, angle ~ U(-rotate_max_deg, rotate_max_deg)): the
+  image turned clockwise by theta about the crop centre *before* cropping (so
+  the corners hold real image content, see :func:`rotated_crop`); the label
+  becomes ``lechpe_model.conventions.rotate_in_image_plane(angles, theta)``,
+  the exact pose after a rotation about the camera axis (``roll + theta`` only
+  for a frontal head).  A theta whose new pose has an |angle| above the
+  angle limit is drawn again (at most ``ROTATION_REDRAWS`` times, then no
+  rotation); :func:`draw_rotation` returns how many draws were rejected.
+
+Order: rotation (at the crop), then flip, resample, blur; the label follows
+the pixel operations in the same order.
 """
 
 from __future__ import annotations
@@ -20,7 +31,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from lechpe_model.conventions import mirror_euler
+from lechpe_model.conventions import mirror_euler, rotate_in_image_plane
+from lechpe_model.preprocessing import CROP_PAD_VALUE, crop_face
+
+#: Rejected rotation angles drawn again before a sample is used unrotated.
+ROTATION_REDRAWS = 3
 
 
 @dataclass(frozen=True)
@@ -32,6 +47,8 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.5, 2.0)
     resample_prob: float = 0.2
     resample_scale: tuple[float, float] = (0.25, 0.75)
+    rotate_prob: float = 0.0
+    rotate_max_deg: float = 30.0
 
     @classmethod
     def from_dict(cls, values: Mapping | None) -> AugmentConfig:
@@ -43,7 +60,70 @@ class AugmentConfig:
 
 
 #: No augmentation (validation, test, latent extraction).
-NO_AUGMENT = AugmentConfig(flip_prob=0.0, blur_prob=0.0, resample_prob=0.0)
+NO_AUGMENT = AugmentConfig(flip_prob=0.0, blur_prob=0.0, resample_prob=0.0, rotate_prob=0.0)
+
+
+def rotation_affine(box, theta_deg: float) -> np.ndarray:
+    """``(2, 3)`` affine: image pixel -> pixel of the crop of ``box`` rotated clockwise by theta.
+
+    The box is rounded like ``crop_face`` (integer corners); the rotation is
+    about the centre of the crop's pixel grid, so ``theta = 0`` is exactly
+    ``crop_face(image, box)``.  ``cv2.getRotationMatrix2D(centre, -theta, 1)``
+    turns the pixels clockwise as seen (OpenCV's positive angle is
+    counter-clockwise), the sense of ``rotate_in_image_plane``.
+    """
+    b = np.asarray(box, dtype=np.float64).reshape(4)
+    x1, y1 = int(round(b[0])), int(round(b[1]))
+    x2, y2 = max(int(round(b[2])), x1 + 1), max(int(round(b[3])), y1 + 1)
+    centre = (0.5 * (x1 + x2 - 1), 0.5 * (y1 + y2 - 1))
+    matrix = cv2.getRotationMatrix2D(centre, -float(theta_deg), 1.0)
+    matrix[:, 2] -= (x1, y1)
+    return matrix
+
+
+def rotated_crop(image: np.ndarray, box, theta_deg: float) -> np.ndarray:
+    """Crop of ``box`` from the image turned clockwise by ``theta_deg`` about the box centre.
+
+    Pixels from outside the image are ``CROP_PAD_VALUE`` (as ``crop_face``).
+    """
+    if float(theta_deg) == 0.0:
+        return crop_face(image, box)
+    b = np.asarray(box, dtype=np.float64).reshape(4)
+    x1, y1 = int(round(b[0])), int(round(b[1]))
+    w = max(int(round(b[2])), x1 + 1) - x1
+    h = max(int(round(b[3])), y1 + 1) - y1
+    return cv2.warpAffine(
+        image,
+        rotation_affine(box, theta_deg),
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(CROP_PAD_VALUE,) * 3,
+    )
+
+
+def draw_rotation(
+    angles: np.ndarray, rng: np.random.Generator, config: AugmentConfig, angle_limit: float
+) -> tuple[float, np.ndarray, int]:
+    """Draw an in-plane rotation for one sample.
+
+    Returns:
+        ``(theta_deg, new angles, rejected)``: theta 0 and the angles unchanged
+        when no rotation is drawn; ``rejected`` counts draws whose rotated
+        pose had an |angle| > ``angle_limit`` (after ``ROTATION_REDRAWS + 1``
+        rejections the sample is used unrotated).
+    """
+    angles = np.asarray(angles, dtype=np.float64)
+    # Fixed number of draws whatever happens, so later draws do not shift.
+    apply = rng.random() < config.rotate_prob
+    thetas = rng.uniform(-config.rotate_max_deg, config.rotate_max_deg, ROTATION_REDRAWS + 1)
+    if not apply:
+        return 0.0, angles, 0
+    for rejected, theta in enumerate(thetas):
+        turned = rotate_in_image_plane(angles, theta)
+        if np.all(np.abs(turned) <= angle_limit):
+            return float(theta), turned, rejected
+    return 0.0, angles, len(thetas)
 
 
 def flip(crop: np.ndarray, angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

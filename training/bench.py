@@ -57,7 +57,6 @@ def benchmark(
     amp: bool = True,
 ) -> dict:
     """Measured images/s for each training mode (see the module docstring)."""
-    from lechpe_model.losses import target_distribution
     from lechpe_model.network import LECHPENet
     from training.distributed import DistInfo, pick_device
     from training.train import _LossForward
@@ -66,16 +65,18 @@ def benchmark(
     use_amp = amp and dev.type == "cuda"
     torch.manual_seed(0)
     net = LECHPENet(backbone, num_clusters=num_clusters, pretrained=False).to(dev)
-    module = _LossForward(net, 1.0, DistInfo(device=dev))
+    from training.clustering import PSchedule
+
+    module = _LossForward(net, 1.0, DistInfo(device=dev))  # P from the batch (p_update: batch)
+    fixed_f = PSchedule("dataset")  # P rows from each crop's q with a fixed data-set f
+    fixed_f.update(torch.softmax(torch.randn(4 * batch_size, num_clusters), 1).numpy(), 0)
+    module_dataset = _LossForward(net, 1.0, DistInfo(device=dev), fixed_f)
     opt = torch.optim.Adam([p for p in net.parameters()], lr=1e-5)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     x = torch.randn(batch_size, 3, input_size, input_size, device=dev)
     target = (torch.rand(batch_size, 3, device=dev) - 0.5) * 180
-    p_rows = target_distribution(
-        torch.softmax(torch.randn(batch_size, num_clusters, device=dev), 1)
-    )
 
-    def train_rate(beta: float, p) -> float:
+    def train_rate(beta: float, module) -> float:
         net.train()
         for i in range(warmup + steps):
             if i == warmup:
@@ -83,7 +84,7 @@ def benchmark(
                 t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-                loss = module(x, target, p, beta)
+                loss = module(x, target, beta)
             scaler.scale(loss.total).backward()
             scaler.step(opt)
             scaler.update()
@@ -102,9 +103,9 @@ def benchmark(
         _sync(dev)
         return steps * batch_size / (time.perf_counter() - t0)
 
-    stage1 = train_rate(0.0, None)
-    stage2_batch = train_rate(100.0, None)
-    stage2_dataset = train_rate(100.0, p_rows)
+    stage1 = train_rate(0.0, module)
+    stage2_batch = train_rate(100.0, module)
+    stage2_dataset = train_rate(100.0, module_dataset)
     infer = inference_rate()
     effective = 1.0 / (1.0 / stage2_dataset + 1.0 / infer)
     return {

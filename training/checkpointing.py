@@ -6,8 +6,8 @@ the same folder, fsync, ``os.replace``) at the end of every epoch and, when
 
 * tensors (safetensors): ``model.*`` (weights and buffers), ``optim.<i>.<key>``
   (Adam moments and step counts), ``rng.torch`` / ``rng.cuda.<i>`` (the torch
-  generator states, uint8), ``p_target`` (the DEC target P of stage 2, when
-  one is held);
+  generator states, uint8), ``cluster_frequency`` (the data-set cluster
+  frequencies f of the stage-2 target, when held);
 * everything else as JSON in the safetensors header under ``training_state``:
   stage, epoch, step within the epoch, global step, the optimiser's
   param_groups, the scheduler's ``state_dict``, Python and NumPy RNG states,

@@ -10,14 +10,18 @@
   computed in stage 2:
 
   - ``"dataset"`` (default): as in DEC, Q is computed for the *whole*
-    training set with the current network, P is derived from it and held
-    fixed for the next ``interval`` steps (``0`` = at the start of every
-    epoch); each batch uses the rows of P of its samples.  Why the default:
-    eq. (7) normalises by the cluster frequency ``f_j = sum_i q_ij`` over the
-    data set; over a batch of 128 with K = 10 that frequency is noisy and the
-    target moves with every batch, while DEC (whose P the paper adopts) keeps
-    a stable target between updates.  Cost: one forward pass over the
-    training set per update (measured in docs/BENCHMARKS.md).
+    training set with the current network and its cluster frequencies
+    ``f_j = sum_i q_ij`` are held fixed for the next ``interval`` steps
+    (``0`` = at the start of every epoch).  Each training sample's row of P
+    is eq. (7) of *its own* detached q - the q of the augmented (possibly
+    mirrored, rotated, re-cropped) crop the step trains on - with that fixed
+    f (:meth:`PSchedule.target`).  A stored per-sample P row would belong to
+    the un-augmented crop: for a mirrored face it points at the mirror-pose
+    cluster and the KL term would pull against the angle loss (see
+    docs/MODEL.md, "Stage-2 target").  Why f from the data set: over a batch
+    of 128 with K = 10 the frequency is noisy and the target moves with every
+    batch.  Cost: one forward pass over the training set per update
+    (measured in docs/BENCHMARKS.md).
   - ``"batch"``: P from the q of the current global batch (all DDP ranks'
     rows are gathered so the result does not depend on the process count);
     no extra pass, a noisier target.
@@ -49,6 +53,7 @@ def run_inference(
     amp: bool = False,
     progress: bool = False,
     desc: str = "inference",
+    cpu_bf16: bool = False,
 ) -> dict[str, np.ndarray]:
     """Network outputs for every item of ``dataset`` (model put in eval mode, then restored).
 
@@ -82,10 +87,11 @@ def run_inference(
     }
     for batch in loader:
         x = batch["image"].to(info.device, non_blocking=True)
+        on_cpu = info.device.type == "cpu"
         with torch.autocast(
             device_type=info.device.type,
-            dtype=torch.float16,
-            enabled=amp and info.device.type == "cuda",
+            dtype=torch.bfloat16 if on_cpu else torch.float16,
+            enabled=(cpu_bf16 and on_cpu) or (amp and info.device.type == "cuda"),
         ):
             out = net.forward_train(x)
         probs = torch.softmax(out.logits.float(), dim=-1)
@@ -148,7 +154,7 @@ def kmeans_centroids(
 
 
 def batch_target(q: torch.Tensor, info: DistInfo | None = None) -> torch.Tensor:
-    """Eq. (7) over the *global* batch; returns this rank's rows (detached)."""
+    """Eq. (7) with f over the *global* batch; returns this rank's rows (detached)."""
     info = info or DistInfo()
     q = q.detach()
     if not info.distributed:
@@ -172,7 +178,8 @@ class PSchedule:
             raise ValueError(f"p_update must be 'dataset' or 'batch', got {mode!r}")
         self.mode = mode
         self.interval = int(interval)
-        self.p: torch.Tensor | None = None  # (N, K) for "dataset"
+        #: (K,) f_j = sum_i q_ij over the data set at the last update ("dataset")
+        self.cluster_frequency: torch.Tensor | None = None
         self.last_update_step: int | None = None
         self.updates = 0
 
@@ -180,23 +187,37 @@ class PSchedule:
         """Whether P must be recomputed before stage-2 step ``stage_step``."""
         if self.mode != "dataset":
             return False
-        if self.p is None:
+        if self.cluster_frequency is None:
             return True
         if self.interval <= 0:
             return step_in_epoch == 0 and self.last_update_step != stage_step
         return stage_step - int(self.last_update_step or 0) >= self.interval
 
     def update(self, q_all: np.ndarray, stage_step: int) -> None:
-        self.p = target_distribution(torch.as_tensor(q_all, dtype=torch.float32))
+        """New f from the q of the whole set (rows of unreadable items are zeros)."""
+        q = torch.as_tensor(np.asarray(q_all), dtype=torch.float64)
+        self.cluster_frequency = q.sum(dim=0).float()
         self.last_update_step = int(stage_step)
         self.updates += 1
 
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        assert self.p is not None
-        return self.p[index.cpu()]
+    def target(self, q: torch.Tensor, info: DistInfo | None = None) -> torch.Tensor:
+        """P rows for the batch whose soft assignments are ``q`` (detached).
+
+        ``"dataset"``: eq. (7) of each row with the fixed data-set f;
+        ``"batch"``: f of the global batch (:func:`batch_target`).
+        """
+        if self.mode == "batch":
+            return batch_target(q, info)
+        if self.cluster_frequency is None:
+            raise RuntimeError("stage-2 target requested before the first P update")
+        return target_distribution(q, self.cluster_frequency)
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        tensors = {"p_target": self.p.clone()} if self.p is not None else {}
+        tensors = (
+            {"cluster_frequency": self.cluster_frequency.clone()}
+            if self.cluster_frequency is not None
+            else {}
+        )
         return tensors, {
             "mode": self.mode,
             "interval": self.interval,
@@ -209,7 +230,9 @@ class PSchedule:
         self.interval = int(meta["interval"])
         self.last_update_step = meta["last_update_step"]
         self.updates = int(meta.get("updates", 0))
-        self.p = tensors.get("p_target")
+        # A state written before f was stored (per-sample "p_target" rows) has no f:
+        # the next step recomputes it from the data set.
+        self.cluster_frequency = tensors.get("cluster_frequency")
 
 
 def mae(pred: np.ndarray, target: np.ndarray, mask: Sequence[bool] | None = None) -> np.ndarray:

@@ -40,11 +40,25 @@ DEFAULTS: dict[str, Any] = {
         "occluded_format": "auto",
         "list_file": None,  # Pandora: frames to use
         "channel_order": "bgr",  # BIWI .npz images
-        "val_fraction": 0.2,  # the paper's 80/20 split (by sample key)
+        "val_fraction": 0.2,  # the paper's 80/20 split (of split groups: photo/subject/identity)
+        # Explicit held-out groups (names as PoseSample.split_group, e.g. "id12",
+        # "AFW_134212_1", "subject:07") or identity ranges [first, last] of "id<N>"
+        # groups. val_*: the validation set (val_fraction then unused);
+        # test_*: used for neither training nor validation.
+        # Seed of the train/validation split (null: the run's seed); the ablation
+        # keeps it fixed while the stage-2 seed varies.
+        "split_seed": None,
+        "val_groups": None,
+        "val_identities": None,
+        "test_groups": None,
+        "test_identities": None,
         "max_samples": None,  # use only the first N keys of the split order (quick runs)
         "angle_limit": 99.0,
         "train_margin": list(TRAIN_MARGIN_RANGE),
         "test_margin": TEST_MARGIN,
+        # JSON of `python -m training.detector_boxes measure`: training crops drawn like
+        # the deployed detector's (centre offset and scale by |yaw| range); null: landmark box.
+        "detector_box_stats": None,
         "num_workers": 2,
     },
     "augment": {
@@ -53,6 +67,9 @@ DEFAULTS: dict[str, Any] = {
         "blur_sigma": [0.5, 2.0],
         "resample_prob": 0.2,
         "resample_scale": [0.25, 0.75],
+        # In-plane rotation, labels turned exactly (conventions.rotate_in_image_plane).
+        "rotate_prob": 0.0,
+        "rotate_max_deg": 30.0,
     },
     "optim": {
         "name": "adam",  # adam (the paper) | sgd (momentum 0.9)
@@ -65,7 +82,12 @@ DEFAULTS: dict[str, Any] = {
         "step_epochs": 10,
         "gamma": 0.5,
     },
-    "loss": {"alpha": 1.0},
+    "loss": {
+        "alpha": 1.0,
+        # KL(P||Q) over a batch: "batchmean" (sum / N) or "sum" (eq. 8 as printed);
+        # the same loss for beta_batchmean = N * beta_sum (docs/MODEL.md).
+        "kl_reduction": "batchmean",
+    },
     "stage1": {"epochs": 25, "batch_size": 128, "lr": None},
     "kmeans": {
         "n_init": 10,
@@ -87,7 +109,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "device": "auto",  # auto | cpu | cuda | cuda:N
-        "amp": True,  # CUDA only
+        "amp": True,  # CUDA only (float16 autocast + loss scaling)
+        "cpu_bf16": False,  # bfloat16 autocast on the CPU (AVX512-BF16 / AMX)
         "threads": None,  # torch CPU threads per process (None: torch default)
         "checkpoint_every_steps": 0,  # besides every epoch; 0 = epochs only
         "max_steps": None,  # stop after this many optimiser steps (then --resume)
@@ -192,6 +215,15 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"stage2.p_update must be 'dataset' or 'batch', got {stage2['p_update']!r}"
         )
+    if config["loss"]["kl_reduction"] not in ("batchmean", "sum"):
+        raise ConfigError(
+            f"loss.kl_reduction must be 'batchmean' or 'sum', got "
+            f"{config['loss']['kl_reduction']!r}"
+        )
+    for key in ("val_identities", "test_identities"):
+        value = config["data"][key]
+        if value is not None and (not isinstance(value, (list, tuple)) or len(value) != 2):
+            raise ConfigError(f"data.{key} must be [first, last] or null, got {value!r}")
     if config["kmeans"]["data"] not in ("stage2", "clean", "both"):
         raise ConfigError("kmeans.data must be 'stage2', 'clean' or 'both'")
     if config["optim"]["name"] not in ("adam", "sgd"):

@@ -5,7 +5,8 @@
     lechpe-elbow --model runs/paper/stage1.safetensors --data 300W_LP_occ --out elbow/
 
 Extracts the latents of every face of ``--data`` (and ``--extra-data``, e.g.
-the clean set too) with the checkpoint (test crop, no augmentation), runs
+the clean set too) with the checkpoint (test crop with the run's
+``data.test_margin``, no augmentation), runs
 scikit-learn k-means (fixed ``random_state``) for each K in ``--ks`` (default
 5 10 15 20 30 40, the paper's candidates) and writes ``elbow.md``,
 ``elbow.csv`` (K, inertia, inertia relative to the first K, drop from the
@@ -69,6 +70,20 @@ def write_elbow(rows: list[dict], out_dir: str) -> tuple[str, str, str]:
     return md, csv_path, png
 
 
+def run_test_margin(meta, override: float | None = None) -> float:
+    """The test margin the model's run used (``data.test_margin`` of its stored config).
+
+    ``override`` wins; a checkpoint without a training config gets the package's
+    ``TEST_MARGIN``.
+    """
+    from lechpe_model.preprocessing import TEST_MARGIN
+
+    if override is not None:
+        return float(override)
+    config = getattr(meta, "training_config", None) or {}
+    return float(config.get("data", {}).get("test_margin", TEST_MARGIN))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lechpe-elbow", description="Elbow method over K on latents.")
     p.add_argument("--model", required=True, help="checkpoint, normally RUN_DIR/stage1.safetensors")
@@ -82,6 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--test-margin",
+        type=float,
+        default=None,
+        help="crop margin (default: data.test_margin of the model's training run)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.makedirs(args.out, exist_ok=True)
@@ -105,7 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         samples = [samples[i] for i in pick]
     res = run_inference(
         model,
-        FaceCropDataset(samples, model_input_size(meta), train=False),
+        FaceCropDataset(
+            samples,
+            model_input_size(meta),
+            train=False,
+            test_margin=run_test_margin(meta, args.test_margin),
+        ),
         DistInfo(device=device),
         batch_size=args.batch_size,
         num_workers=args.workers,

@@ -31,8 +31,8 @@ from lechpe_model.preprocessing import (
     expand_box,
     preprocess_crops,
 )
-from training.augment import NO_AUGMENT, AugmentConfig, augment_crop
-from training.datasets import ImageLoadError, PoseSample, load_image
+from training.augment import NO_AUGMENT, AugmentConfig, augment_crop, draw_rotation, rotated_crop
+from training.datasets import ANGLE_LIMIT, ImageLoadError, PoseSample, load_image
 
 
 def face_crop(sample: PoseSample, image: np.ndarray, margin: float) -> np.ndarray:
@@ -56,10 +56,18 @@ class FaceCropDataset(Dataset):
         margin_range: training margin range (fraction of the box per side).
         test_margin: fixed margin for evaluation.
         seed: base seed of the per-item generators.
+        angle_limit: a rotated pose with an |angle| above it is drawn again
+            (``training.augment.draw_rotation``).
+        box_jitter: optional ``f(sample, rng) -> (4,) box`` replacing the
+            sample's box in training (e.g. detector-like boxes drawn from
+            measured statistics, ``training.detector_boxes``); the margin is
+            then added to that box.
 
     Items are dicts: ``image`` (3, S, S) float32, ``angles`` (3,) float32 degrees
-    (after flipping), ``index`` int, ``valid`` bool, ``occluded`` bool,
-    ``error`` str ("" when valid).
+    (after rotation and flipping), ``index`` int, ``valid`` bool, ``occluded``
+    bool, ``error`` str ("" when valid), ``margin`` float (the crop margin
+    used), ``rotation`` float (clockwise degrees, 0 when none) and
+    ``rotation_rejected`` int (rotation draws rejected for the angle limit).
     """
 
     def __init__(
@@ -71,6 +79,8 @@ class FaceCropDataset(Dataset):
         margin_range: tuple[float, float] = TRAIN_MARGIN_RANGE,
         test_margin: float = TEST_MARGIN,
         seed: int = 0,
+        angle_limit: float = ANGLE_LIMIT,
+        box_jitter=None,
     ) -> None:
         self.samples = list(samples)
         self.input_size = int(input_size)
@@ -79,6 +89,8 @@ class FaceCropDataset(Dataset):
         self.margin_range = (float(margin_range[0]), float(margin_range[1]))
         self.test_margin = float(test_margin)
         self.seed = int(seed)
+        self.angle_limit = float(angle_limit)
+        self.box_jitter = box_jitter
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -91,18 +103,34 @@ class FaceCropDataset(Dataset):
         sample = self.samples[index]
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         angles = np.asarray(sample.angles, dtype=np.float64)
+        margin, theta, rejected = 0.0, 0.0, 0
         try:
             image = load_image(sample)
-            margin = rng.uniform(*self.margin_range) if self.train else self.test_margin
-            crop = face_crop(sample, image, margin)
             if self.train:
+                margin = rng.uniform(*self.margin_range)
+                theta, angles, rejected = draw_rotation(angles, rng, self.augment, self.angle_limit)
+                box = sample.box
+                if box is not None and self.box_jitter is not None:
+                    box = self.box_jitter(sample, rng)
+                if box is None:  # pre-cropped: the whole image, no margin
+                    h, w = image.shape[:2]
+                    margin, crop_box = 0.0, np.array([0, 0, w, h], np.float32)
+                else:
+                    crop_box = expand_box(box, margin, square=True)
+                crop = rotated_crop(image, crop_box, theta)
                 crop, angles = augment_crop(crop, angles, rng, self.augment)
+            else:
+                margin = self.test_margin if sample.box is not None else 0.0
+                crop = face_crop(sample, image, self.test_margin)
             tensor = preprocess_crops([crop], self.input_size)[0]
             error = ""
         except (ImageLoadError, ValueError, OSError) as exc:
             tensor = np.zeros((3, self.input_size, self.input_size), np.float32)
             error = f"{sample.key}: {exc}"
         return {
+            "margin": float(margin),
+            "rotation": float(theta),
+            "rotation_rejected": int(rejected),
             "image": torch.from_numpy(np.ascontiguousarray(tensor)),
             "angles": torch.as_tensor(angles, dtype=torch.float32),
             "index": int(index),
@@ -192,4 +220,7 @@ def collate(items: list[dict]) -> dict:
         "valid": torch.as_tensor([it["valid"] for it in items], dtype=torch.bool),
         "occluded": torch.as_tensor([it["occluded"] for it in items], dtype=torch.bool),
         "error": [it["error"] for it in items],
+        "rotation_rejected": torch.as_tensor(
+            [it.get("rotation_rejected", 0) for it in items], dtype=torch.long
+        ),
     }

@@ -21,8 +21,11 @@ training state goes to ``RUN_DIR/state.safetensors`` (see
 batches, augmentations, optimiser, scheduler, centroids and P.
 
 The train/validation split (``data.val_fraction``, 80/20 in the paper) is
-drawn over sample *keys* with the run's seed; the occluded replica uses the
-same keys, so validation faces are never trained on in either form.
+drawn over sample *groups* (source photo, subject, identity:
+``PoseSample.split_group``) with the run's seed, or given explicitly
+(``data.val_groups`` / ``data.val_identities``; ``data.test_groups`` /
+``data.test_identities`` are never used); the occluded replica uses the same
+keys, so validation faces - and their other views - are never trained on.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -58,7 +61,7 @@ from training.checkpointing import (
     rng_state,
     save_training_state,
 )
-from training.clustering import PSchedule, batch_target, kmeans_centroids, mae, run_inference
+from training.clustering import PSchedule, kmeans_centroids, mae, run_inference
 from training.config import ConfigError, dump_config, load_config
 from training.datasets import PoseDataset, PoseSample, load_dataset
 from training.distributed import (
@@ -82,14 +85,71 @@ _STAGE_SEED = {"stage1": 0, "stage2": 1_000_003}
 # --------------------------------------------------------------------------- data split
 
 
-def split_keys(keys: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded train/validation split of sample keys -> (train keys, validation keys)."""
-    ordered = sorted(set(keys))
-    perm = np.random.default_rng(seed).permutation(len(ordered))
-    n_val = int(round(val_fraction * len(ordered)))
-    val = sorted(ordered[i] for i in perm[:n_val])
-    train = [ordered[i] for i in perm[n_val:]]  # permuted order (max_samples takes a prefix)
-    return train, val
+def _identity_of(group: str) -> int | None:
+    """The integer of an ``id<N>`` group (synthetic identities), else None."""
+    if group.startswith("id") and group[2:].lstrip("-").isdigit():
+        return int(group[2:])
+    return None
+
+
+def group_selector(names: Sequence[str] | None, identities: Sequence[int] | None):
+    """Predicate on group names: listed names, or ``id<N>`` with ``lo <= N <= hi``."""
+    listed = {str(n) for n in names or ()}
+    if identities is not None and len(identities) != 2:
+        raise ValueError(f"an identity range is [first, last], got {identities!r}")
+    lo, hi = (int(identities[0]), int(identities[1])) if identities is not None else (1, 0)
+
+    def selected(group: str) -> bool:
+        ident = _identity_of(group)
+        return group in listed or (ident is not None and lo <= ident <= hi)
+
+    return selected
+
+
+class Split(NamedTuple):
+    """A grouped split: keys per side and the groups behind them."""
+
+    train: list[str]  #: permuted group order, sorted keys inside a group
+    val: list[str]  #: sorted
+    train_groups: list[str]
+    val_groups: list[str]
+    held_out: list[str]  #: keys of test groups, used for neither side
+
+
+def split_by_group(
+    samples: Sequence[PoseSample],
+    val_fraction: float,
+    seed: int,
+    val_groups: Sequence[str] | None = None,
+    val_identities: Sequence[int] | None = None,
+    test_groups: Sequence[str] | None = None,
+    test_identities: Sequence[int] | None = None,
+) -> Split:
+    """Seeded train/validation split that never puts one group on both sides.
+
+    A group (``PoseSample.split_group``: source photo, subject, identity) goes
+    wholly to one side.  Test groups (``test_groups`` / ``test_identities``)
+    are left out of both.  With explicit ``val_groups`` / ``val_identities``
+    those groups are the validation set; otherwise ``val_fraction`` of the
+    remaining groups are drawn with ``seed``.
+    """
+    by_group: dict[str, list[str]] = {}
+    for sample in samples:
+        by_group.setdefault(sample.split_group, []).append(sample.key)
+    is_test = group_selector(test_groups, test_identities)
+    groups = sorted(g for g in by_group if not is_test(g))
+    held_out = sorted(k for g in by_group if is_test(g) for k in by_group[g])
+    perm = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+    if val_groups or val_identities is not None:
+        is_val = group_selector(val_groups, val_identities)
+        val_g = [g for g in perm if is_val(g)]
+        train_g = [g for g in perm if not is_val(g)]
+    else:
+        n_val = int(round(val_fraction * len(groups)))
+        val_g, train_g = perm[:n_val], perm[n_val:]
+    train = [k for g in train_g for k in sorted(set(by_group[g]))]
+    val = sorted(k for g in val_g for k in set(by_group[g]))
+    return Split(train, val, train_g, sorted(val_g), held_out)
 
 
 class RunData:
@@ -122,7 +182,23 @@ class RunData:
         if len(clean) == 0:
             raise SystemExit(f"no usable sample in {data_dir}: {clean.report.summary()}")
         by_key = {s.key: s for s in clean.samples}
-        train_keys, val_keys = split_keys(list(by_key), float(dcfg["val_fraction"]), seed)
+        split_seed = seed if dcfg["split_seed"] is None else int(dcfg["split_seed"])
+        split = split_by_group(
+            clean.samples,
+            float(dcfg["val_fraction"]),
+            split_seed,
+            val_groups=dcfg["val_groups"],
+            val_identities=dcfg["val_identities"],
+            test_groups=dcfg["test_groups"],
+            test_identities=dcfg["test_identities"],
+        )
+        self.split = split
+        train_keys, val_keys = split.train, split.val
+        if len(split.train_groups) + len(split.val_groups) == len(train_keys) + len(val_keys):
+            LOG.warning(
+                "every sample is its own split group: the split is by image, not by "
+                "person or source photo (see docs/TRAINING.md, 'Splits')"
+            )
         if dcfg["max_samples"]:
             n = int(dcfg["max_samples"])
             train_keys = train_keys[:n]
@@ -150,10 +226,14 @@ class RunData:
             LOG.warning("no --occluded-data: stage 2 trains on the clean images")
             self.stage2_train = list(self.stage1_train)
         LOG.info(
-            "split: %d train / %d val clean / %d val occluded (seed %d)",
+            "split by group: %d train (%d groups) / %d val clean (%d groups) / %d val "
+            "occluded; %d held-out test faces unused (seed %d)",
             len(self.stage1_train),
+            len(split.train_groups),
             len(self.val_clean),
+            len(split.val_groups),
             len(self.val_occluded),
+            len(split.held_out),
             seed,
         )
 
@@ -162,28 +242,44 @@ class RunData:
 
 
 class _LossForward(nn.Module):
-    """Forward + loss in one module, so DDP sees every parameter use in ``forward``."""
+    """Forward + loss in one module, so DDP sees every parameter use in ``forward``.
 
-    def __init__(self, net: nn.Module, alpha: float, info: DistInfo) -> None:
+    The stage-2 target P is computed here from the q of the very crops of the
+    batch (``PSchedule.target``), so it always belongs to what is trained on.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        alpha: float,
+        info: DistInfo,
+        p_schedule: PSchedule | None = None,
+        kl_reduction: str = "batchmean",
+    ) -> None:
         super().__init__()
         self.net = net
         self.alpha = float(alpha)
         self.info = info
+        self.p_schedule = p_schedule or PSchedule("batch")
+        self.kl_reduction = kl_reduction
+        # DDP averages gradients over ranks: a per-rank *sum* over N/W samples
+        # must count W times to be the sum over the global batch.
+        self.kl_scale = float(info.world_size) if kl_reduction == "sum" else 1.0
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor, p: torch.Tensor | None, beta: float):
+    def forward(self, x: torch.Tensor, target: torch.Tensor, beta: float):
         out = self.net.forward_train(x)
-        if beta > 0 and p is None:
-            p = batch_target(out.q, self.info)
+        p = self.p_schedule.target(out.q.float(), self.info) if beta > 0 else None
         return total_loss(
             out.logits.float(),
             out.latent.float(),
             self.net.centroids.float(),
             target,
             alpha=self.alpha,
-            beta=beta,
+            beta=beta * self.kl_scale,
             p=p,
             bin_centers=self.net.bin_centers,
             bin_width=self.net.bin_width,
+            kl_reduction=self.kl_reduction,
         )
 
 
@@ -305,6 +401,8 @@ class Trainer:
         self.input_size = int(mcfg["input_size"])
         self.freeze_bn = bool(mcfg["freeze_bn"])
         self.amp = bool(config["train"]["amp"]) and info.device.type == "cuda"
+        # bf16 autocast on the CPU (no loss scaling needed; AVX512-BF16 / AMX CPUs).
+        self.cpu_bf16 = bool(config["train"]["cpu_bf16"]) and info.device.type == "cpu"
         self.progress = _progress_enabled(config) and info.is_main
         self.data = RunData(config, args.data, args.occluded_data)
         seed_everything(self.seed)
@@ -332,6 +430,14 @@ class Trainer:
         }
         self.optimizer = None
         self.scheduler = None
+        self.rotation_rejected = 0
+        self.occluded_seen = 0
+        self._cpu0 = 0.0
+        self.box_jitter = None  # detector-like training boxes (data.detector_box_stats)
+        if config["data"]["detector_box_stats"]:
+            from training.detector_boxes import DetectorBoxSampler
+
+            self.box_jitter = DetectorBoxSampler.from_json(config["data"]["detector_box_stats"])
         self.bad_items: set[str] = set()
         self.writer = None
         if info.is_main:
@@ -352,6 +458,8 @@ class Trainer:
             margin_range=tuple(dcfg["train_margin"]),
             test_margin=float(dcfg["test_margin"]),
             seed=self.seed + _STAGE_SEED[stage],
+            angle_limit=float(dcfg["angle_limit"]),
+            box_jitter=self.box_jitter,
         )
 
     def _eval_dataset(self, samples: list[PoseSample]) -> FaceCropDataset:
@@ -372,6 +480,7 @@ class Trainer:
             amp=self.amp,
             progress=self.progress,
             desc=desc,
+            cpu_bf16=self.cpu_bf16,
         )
 
     # ------------------------------------------------------------------ state
@@ -430,7 +539,11 @@ class Trainer:
             self.load_state()
         elif self.args.init_stage1:
             stage1, meta = load_checkpoint(self.args.init_stage1, device="cpu")
-            self.net.load_state_dict(stage1.state_dict())
+            weights = stage1.state_dict()
+            if weights["centroids"].shape != self.net.centroids.shape:
+                # another K (the K study): k-means sets the centroids next anyway
+                weights["centroids"] = self.net.centroids.detach().clone()
+            self.net.load_state_dict(weights)
             self.state["phase"] = "kmeans"
             LOG.info("stage 1 weights from %s; starting at k-means", self.args.init_stage1)
         if self.info.is_main:
@@ -514,7 +627,7 @@ class Trainer:
         self.net.set_centroids(centres)
         stage2_dec = self.p_schedule.mode == "dataset" and float(self.config["stage2"]["beta"]) > 0
         if which == "stage2" and stage2_dec:
-            # The first DEC target needs Q of the stage-2 set under these weights: the
+            # The first DEC target needs f of the stage-2 set under these weights: the
             # latents k-means just used, against the new centroids; no second pass.
             with torch.no_grad():
                 q = soft_assignment(
@@ -541,7 +654,13 @@ class Trainer:
             load_optimizer_state(self.optimizer, tensors, opt_meta)
             self.scheduler.load_state_dict(sched_meta)
         self._resume_optimizer = None
-        module = _LossForward(self.net, float(self.config["loss"]["alpha"]), self.info)
+        module = _LossForward(
+            self.net,
+            float(self.config["loss"]["alpha"]),
+            self.info,
+            self.p_schedule,
+            str(self.config["loss"]["kl_reduction"]),
+        )
         if self.info.distributed:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
@@ -582,8 +701,13 @@ class Trainer:
                     loader, desc=f"{stage} epoch {epoch + 1}/{epochs}", unit="batch", leave=False
                 )
             t0, seen = time.perf_counter(), 0
+            self._cpu0 = time.process_time()
+            self.rotation_rejected = 0
+            self.occluded_seen = 0
             sums = torch.zeros(4, dtype=torch.float64)
             for batch in iterator:
+                self.rotation_rejected += int(batch["rotation_rejected"].sum())
+                self.occluded_seen += int((batch["occluded"] & batch["valid"]).sum())
                 if (
                     stage == "stage2"
                     and beta > 0
@@ -633,14 +757,13 @@ class Trainer:
         target = batch["angles"][valid].to(self.info.device, non_blocking=True)
         if len(x) == 0:
             return None
-        p = None
-        if beta > 0 and self.p_schedule.mode == "dataset":
-            p = self.p_schedule.rows(batch["index"][valid]).to(self.info.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(
-            device_type=self.info.device.type, dtype=torch.float16, enabled=self.amp
+            device_type=self.info.device.type,
+            dtype=torch.bfloat16 if self.cpu_bf16 else torch.float16,
+            enabled=self.amp or self.cpu_bf16,
         ):
-            loss = module(x, target, p, beta)
+            loss = module(x, target, beta)
         if not torch.isfinite(loss.total):
             LOG.warning("non-finite loss at step %d; batch skipped", self.state["global_step"])
             return None
@@ -650,18 +773,18 @@ class Trainer:
         return loss
 
     def update_target(self) -> None:
-        """DEC: Q of the whole stage-2 training set -> P (rows indexed like the dataset)."""
+        """DEC: Q of the whole stage-2 training set -> the cluster frequencies f of eq. (7)."""
         t0 = time.perf_counter()
         result = self._infer(self.data.stage2_train, "target P")
         self.p_schedule.update(result["q"], self.state["stage_step"])
         if self.info.is_main:
-            p = self.p_schedule.p
+            freq = self.p_schedule.cluster_frequency
             LOG.info(
                 "target P updated (#%d) at stage-2 step %d in %.1f s; cluster shares %s",
                 self.p_schedule.updates,
                 self.state["stage_step"],
                 time.perf_counter() - t0,
-                np.round(p.mean(0).numpy(), 3).tolist(),
+                np.round((freq / freq.sum()).numpy(), 3).tolist(),
             )
             if self.writer is not None:
                 self.writer.add_scalar(
@@ -693,8 +816,18 @@ class Trainer:
             "loss_angles": sums[1].item() / steps,
             "kl": sums[2].item() / steps,
             "images_per_s": seen_all / max(elapsed, 1e-9),
+            # CPU seconds of the training process (threads summed; loader workers
+            # excluded): images per CPU-second is comparable on a shared machine.
+            "cpu_s": time.process_time() - self._cpu0,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+        counts = all_reduce_sum(
+            torch.tensor([float(self.rotation_rejected), float(self.occluded_seen)]), self.info
+        )
+        # rotation draws rejected because the rotated pose left the angle range
+        record["rotation_rejected"] = int(counts[0].item())
+        # share of occluded faces among those trained on (stage 1: 0; stage 2: 1 - clean_fraction)
+        record["occluded_share"] = counts[1].item() / max(seen_all, 1)
         if self.config["train"]["validate"]:
             sets = [("clean", self.data.val_clean)]
             if stage == "stage2" and self.data.val_occluded:

@@ -51,6 +51,9 @@ class PoseSample:
             real occluded subset such as Pandora's).
         channel_order: ``"bgr"`` (OpenCV decoding, the default) or ``"rgb"``
             for array datasets stored in RGB order.
+        group: what must not be split between training and validation/test
+            (a source photo, a subject, an identity; see each loader).  Empty
+            means the sample is its own group (:attr:`split_group`).
     """
 
     key: str
@@ -61,6 +64,12 @@ class PoseSample:
     landmarks: np.ndarray | None = None
     occluded: bool = False
     channel_order: str = "bgr"
+    group: str = ""
+
+    @property
+    def split_group(self) -> str:
+        """The group the train/validation split keeps together (the key when none)."""
+        return self.group or self.key
 
 
 @dataclass

@@ -11,6 +11,11 @@ Preprocessed ``.npz`` (the widely used FSA-Net-style file, e.g. ``BIWI_noTrack.n
 The images are already face crops: the whole image is the face box and no
 extra margin is added (see ``training.torch_data``).
 
+Split groups: an optional ``subject`` (or ``identity``) array ``(N,)`` in the
+file gives each row's subject (group ``subject<value>``).  The common file has
+none: every row is then its own group and a warning says that the split is
+*not* by subject (consecutive video frames are near-duplicates).
+
 Raw layout (the database as distributed: ``hpdb/<subject>/``)
 ------------------------------------------------------------
 * ``frame_XXXXX_rgb.png``: 640 x 480 colour frame;
@@ -23,6 +28,9 @@ Raw layout (the database as distributed: ``hpdb/<subject>/``)
   distortion values, depth->RGB rotation 3 x 3 and translation 3, image size)
   is used to project ``t`` into the RGB frame and a square box of
   ``HEAD_SIZE_MM`` side around it becomes the face box.
+
+Split groups: the subject folder (the first folder under the root), so no
+subject is in both training and validation.
 
 Pose conversion (the assumption, tested in ``test/test_datasets.py``)
 -------------------------------------------------------------------
@@ -40,6 +48,7 @@ labels (and hence the numbers in the paper's Table I) to numerical precision.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -53,6 +62,8 @@ from training.datasets.base import (
     filter_angle_range,
     relative_key,
 )
+
+LOG = logging.getLogger("training.datasets")
 
 #: Side of the square face box (mm) around the head centre for raw BIWI frames.
 HEAD_SIZE_MM = 220.0
@@ -85,6 +96,8 @@ def load_biwi_npz(
                 raise ValueError(f"expected arrays 'image' and 'pose', found {sorted(data.files)}")
             images_shape = data["image"].shape
             poses = np.asarray(data["pose"], dtype=np.float64)
+            subject_key = next((k for k in ("subject", "identity") if k in data), None)
+            subjects = np.asarray(data[subject_key]).reshape(-1) if subject_key else None
     except (OSError, ValueError) as exc:
         report.skip(path, f"unreadable dataset file: {exc}")
         return PoseDataset([], report, root=path, format="biwi_npz")
@@ -94,6 +107,14 @@ def load_biwi_npz(
     if poses.shape[0] != images_shape[0]:
         report.skip(path, f"malformed dataset: {images_shape[0]} images but {len(poses)} poses")
     name = os.path.basename(path)
+    if subjects is not None and len(subjects) != len(poses):
+        report.skip(path, f"malformed dataset: {len(subjects)} subjects but {len(poses)} poses")
+        subjects = None
+    if subjects is None:
+        LOG.warning(
+            "%s: no 'subject' array: each row is its own split group (NOT a split by subject)",
+            name,
+        )
     for i in range(min(len(poses), images_shape[0])):
         key = f"{name}#{i}"
         if not np.all(np.isfinite(poses[i, :3])):
@@ -107,6 +128,7 @@ def load_biwi_npz(
                 array_index=i,
                 occluded=occluded,
                 channel_order=channel_order,
+                group=f"subject{subjects[i]}" if subjects is not None else "",
             )
         )
     samples = filter_angle_range(samples, report, angle_limit)
@@ -177,17 +199,25 @@ def load_biwi_raw(
             except (OSError, ValueError) as exc:
                 report.skip(pose_path, str(exc))
                 continue
+            key = relative_key(image_path, root)
             samples.append(
                 PoseSample(
-                    key=relative_key(image_path, root),
+                    key=key,
                     angles=angles,
                     image_path=image_path,
                     box=box,
                     occluded=occluded,
+                    group="subject:" + _subject_of(key, root),
                 )
             )
     samples = filter_angle_range(samples, report, angle_limit)
     return PoseDataset(samples, report, root=root, format="biwi_raw")
+
+
+def _subject_of(key: str, root: str) -> str:
+    """First folder of the key (the subject); the root's name when frames lie directly in it."""
+    parts = key.split("/")
+    return parts[0] if len(parts) > 1 else os.path.basename(os.path.normpath(root))
 
 
 def _raw_box(stem: str, folder: str, center, calibrations: dict) -> np.ndarray | None:

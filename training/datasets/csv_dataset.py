@@ -12,7 +12,10 @@
 * angles in **degrees** in the package's label convention (see
   docs/CONVENTIONS.md);
 * with a box, the crop margin is added to it (a tight face box, like the
-  landmark box of 300W-LP); without one the whole image is the face crop.
+  landmark box of 300W-LP); without one the whole image is the face crop;
+* optional column ``group`` (or ``identity``, or ``subject``): what the
+  train/validation split keeps together (a person, a source photo); without
+  one every image is its own group.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from training.datasets.base import (
 
 REQUIRED_COLUMNS = ("image", "yaw", "pitch", "roll")
 BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+#: Columns that name a row's split group, first found wins.
+GROUP_COLUMNS = ("group", "identity", "subject")
 DEFAULT_CSV_NAME = "labels.csv"
 
 
@@ -55,6 +60,7 @@ def load_csv(path: str, angle_limit: float = ANGLE_LIMIT, occluded: bool = False
         if missing:
             report.skip(path, f"malformed dataset: missing column(s) {missing} in header {columns}")
             return PoseDataset([], report, root=root, format="csv")
+        group_column = next((c for c in GROUP_COLUMNS if c in columns), None)
         for line_no, row in enumerate(reader, start=2):
             where = f"{path}:{line_no}"
             try:
@@ -82,6 +88,7 @@ def load_csv(path: str, angle_limit: float = ANGLE_LIMIT, occluded: bool = False
                     image_path=image_path,
                     box=box,
                     occluded=occluded,
+                    group=(row.get(group_column) or "").strip() if group_column else "",
                 )
             )
     samples = filter_angle_range(samples, report, angle_limit)

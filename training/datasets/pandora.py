@@ -114,13 +114,16 @@ def load_pandora(
         except (OSError, ValueError) as exc:
             report.skip(pose_path, str(exc))
             continue
+        key = relative_key(image_path, root)
         samples.append(
             PoseSample(
-                key=relative_key(image_path, root),
+                key=key,
                 angles=angles,
                 image_path=image_path,
                 box=box,
                 occluded=marked,
+                # split by subject: the first folder under the root
+                group="subject:" + key.split("/")[0] if "/" in key else "",
             )
         )
     samples = filter_angle_range(samples, report, angle_limit)

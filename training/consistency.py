@@ -10,8 +10,8 @@ preprocessing, the backend, the published uncertainty) and reports the
 disagreement ``|pred(transformed photo) - transform(pred(original))|`` per
 angle (wrapped to [-180, 180)), per transform and overall.
 
-Photos: scikit-image's ``astronaut`` (public domain) and ``camera`` (CC0);
-the ``insightface`` wheel's sample photos are never used.
+Photos: scikit-image's ``astronaut`` (public domain) and ``camera`` (CC0),
+the only real face photos this project ships.
 
 Rotations are about the centre of the original face box, with reflected
 borders (``cv2.BORDER_REFLECT_101``), so no artificial edge enters the face

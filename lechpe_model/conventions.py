@@ -247,6 +247,18 @@ def ray_to_camera_euler(ray_angles, direction) -> np.ndarray:
     return closest_euler(MODEL_TO_OPTICAL @ r_opt, ray_angles)
 
 
+def ray_relative_to_quaternion(angles, direction) -> np.ndarray:
+    """Optical-frame quaternion (x, y, z, w; w >= 0) of a ray-relative pose.
+
+    The same orientation as ``euler_to_quaternion(*ray_to_camera_euler(angles,
+    direction))``, built from one matrix product instead of a round trip through
+    Euler angles (the node does this for every face).
+    """
+    matrix = ray_rotation(direction) @ euler_to_optical_matrix(*np.asarray(angles, np.float64)[:3])
+    quat = Rotation.from_matrix(matrix).as_quat()
+    return -quat if quat[3] < 0 else quat
+
+
 def pose_para_to_euler(pose_para: np.ndarray) -> np.ndarray:
     """300W-LP/AFLW2000 ``Pose_Para`` ([pitch, yaw, roll, ...] radians) -> degrees.
 

@@ -12,7 +12,8 @@
 
 Orientation: the head frame (REP-103 body axes: x out through the nose, y to
 the person's left, z up) expressed in the camera optical frame (x right, y
-down, z forward), from ``lechpe_model.conventions.euler_to_quaternion``.
+down, z forward): the network's ray-relative angles turned along the face's
+pixel ray (``lechpe_model.conventions.ray_relative_to_quaternion``).
 
 Position (camera optical frame, metres): the face centre is the box centre
 pixel ``(u, v)``.
@@ -40,7 +41,7 @@ import numpy as np
 from geometry_msgs.msg import Pose, PoseArray, PoseStamped
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 
-from lechpe_model.conventions import euler_to_quaternion, ray_to_camera_euler
+from lechpe_model.conventions import ray_relative_to_quaternion
 
 #: Average adult face width in metres used to turn a box width into a
 #: distance. Bizygomatic (cheek-bone) breadth averages about 0.14 m in adults
@@ -164,8 +165,7 @@ def _pose(position: np.ndarray, angles: np.ndarray) -> Pose:
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in position)
     # The network sees the pose relative to the viewing ray of the face (its crop is
     # centred on it); turn it into the optical frame along that ray.
-    camera_angles = ray_to_camera_euler(np.asarray(angles, np.float64)[:3], position)
-    qx, qy, qz, qw = (float(v) for v in euler_to_quaternion(*camera_angles))
+    qx, qy, qz, qw = (float(v) for v in ray_relative_to_quaternion(angles, position))
     pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
     return pose
 

@@ -262,3 +262,20 @@ def test_rotate_in_image_plane_matches_projected_points():
         np.testing.assert_allclose(after, expected, atol=1e-9)
         # and it is not the naive roll shift for a turned head
         assert not np.allclose(new, [yaw, pitch, roll + theta], atol=0.5)
+
+
+def test_ray_relative_quaternion_matches_the_euler_round_trip():
+    from lechpe_model.conventions import (
+        euler_to_quaternion,
+        ray_relative_to_quaternion,
+        ray_to_camera_euler,
+    )
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        angles = rng.uniform([-80, -40, -40], [80, 40, 40])
+        direction = np.array([*rng.uniform(-0.6, 0.6, 2), 1.0])
+        expected = euler_to_quaternion(*ray_to_camera_euler(angles, direction))
+        np.testing.assert_allclose(
+            ray_relative_to_quaternion(angles, direction), expected, atol=1e-9
+        )

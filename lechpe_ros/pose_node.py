@@ -234,10 +234,12 @@ def _make_node_class():
                 raise RuntimeError(result.error)  # the frame was not processed
             if result.error:  # e.g. some faces dropped for non-finite outputs
                 log.warning(f"camera {cam.name}: {result.error}", throttle_duration_sec=5.0)
+            # Latency is recorded before publishing: whoever sees the answer then also sees
+            # it in the next diagnostics (stamp -> publish, not counting the publish calls).
+            self._add_latency(msg.header.stamp)
             self._publish(cam, msg.header, bgr, faces)
             for stage, ms in (result.timings_ms or {}).items():
                 self.stage_ms.setdefault(stage, diag.LatencyWindow()).add(ms)
-            self._add_latency(msg.header.stamp)
             self.processing.add((time.monotonic() - received) * 1e3)
             with cam.lock:
                 cam.counters.processed += 1

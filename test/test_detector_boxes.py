@@ -99,3 +99,15 @@ def test_measure_recovers_known_offsets_and_the_sampler_draws_them(tmp_path):
     # a range without statistics (|yaw| > 60 here) borrows the nearest one's
     far = type(s)(key="x", angles=np.array([80.0, 0, 0]), image_path="", box=s.box)
     assert np.all(np.isfinite(sampler(far, rng)))
+    # data.detector_box_prob: that share of crops drawn, the rest keep the landmark box
+    mixed = db.DetectorBoxSampler(stats, prob=0.3)
+    rng = np.random.default_rng(1)
+    kept = [np.array_equal(mixed(s, rng), np.asarray(s.box, np.float32)) for _ in range(1000)]
+    assert 0.65 < np.mean(kept) < 0.75  # binomial sd 0.015 around 0.7
+    rng = np.random.default_rng(1)
+    again = [np.array_equal(mixed(s, rng), np.asarray(s.box, np.float32)) for _ in range(1000)]
+    assert kept == again  # seeded: the same draws
+    never = db.DetectorBoxSampler(stats, prob=0.0)
+    assert np.array_equal(never(s, rng), np.asarray(s.box, np.float32))
+    with pytest.raises(ValueError, match="detector_box_prob must be in"):
+        db.DetectorBoxSampler(stats, prob=1.5)

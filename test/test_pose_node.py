@@ -127,7 +127,7 @@ class Client:
         self.diag_levels: dict[str, int] = {}
         self.diag_messages: dict[str, str] = {}
         self.subscriptions: dict[str, object] = {}
-        self.diag_count = 0
+        self.diag_counts: dict[str, int] = {}  # messages per status name
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.subscribe("/diagnostics", DiagnosticArray, self._on_diag)
@@ -141,16 +141,19 @@ class Client:
         except Exception:  # shutdown while spinning
             pass
 
-    def fresh_diagnostics(self, timeout: float = 30.0) -> None:
-        """Wait for two more /diagnostics messages: the second was built after this call."""
+    def fresh_diagnostics(self, name: str, timeout: float = 30.0) -> None:
+        """Wait for two more messages carrying status ``name``: the second was built after
+        this call. Counted per name: other nodes on the graph publish /diagnostics too."""
         with self.cond:
-            target = self.diag_count + 2
-        self.wait_for(lambda: self.diag_count >= target, timeout, "fresh diagnostics")
+            target = self.diag_counts.get(name, 0) + 2
+        self.wait_for(
+            lambda: self.diag_counts.get(name, 0) >= target, timeout, f"fresh diagnostics of {name}"
+        )
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         with self.cond:
-            self.diag_count += 1
             for status in msg.status:
+                self.diag_counts[status.name] = self.diag_counts.get(status.name, 0) + 1
                 self.diag[status.name] = status_values(status)
                 level = status.level  # a 'byte' field: bytes of length 1 in rclpy
                 self.diag_levels[status.name] = level[0] if isinstance(level, bytes) else int(level)
@@ -559,7 +562,7 @@ def test_malformed_messages_interleaved_with_good_ones(assets, client, node):
         "dropped_frames",
         "processed_frames",
     )
-    client.fresh_diagnostics()  # counters after the previous test's frames
+    client.fresh_diagnostics(status)  # counters after the previous test's frames
     before = {k: _diag_int(client, status, k) for k in keys}
 
     def malformed(k: int) -> Image:
@@ -641,7 +644,7 @@ def test_debug_image_only_while_subscribed(assets, client, node):
     client.wait_for(
         lambda: client.matched("/head_pose", stamp), ANSWER_TIMEOUT, "pose without debug subscriber"
     )
-    client.fresh_diagnostics()
+    client.fresh_diagnostics(status)
     assert client.diag[status]["debug_images"] == "0"
     client.subscribe("/lechpe_pose/debug_image", Image)
     for i in range(40):  # until the node has discovered the subscription
@@ -792,13 +795,17 @@ def test_latency_only_for_stamps_on_the_node_clock(assets, client, node):
 
     for stamp in ((40, 0), (41, 0)):  # a simulation clock, far from the wall clock
         send_until_answered(stamp)
-    client.fresh_diagnostics()
+    client.fresh_diagnostics(summary)
     assert client.diag[summary]["latency_p50_ms"] == "nan"  # every frame so far: other clock
     assert node.output().count("image stamps are not comparable with the node's clock") == 1
     now = client.node.get_clock().now().to_msg()
     stamp = (int(now.sec), int(now.nanosec))
     send_until_answered(stamp)
-    client.fresh_diagnostics()
+    # The latency is recorded before the answer is published, so the next diagnostics
+    # built after the answer carry it; wait on that condition rather than a count.
+    client.wait_for(
+        lambda: client.diag[summary]["latency_p50_ms"] != "nan", 30.0, "latency in diagnostics"
+    )
     latency = float(client.diag[summary]["latency_p50_ms"])
     assert 0.0 < latency < ANSWER_TIMEOUT * 1000.0
 
@@ -825,7 +832,7 @@ def test_hostile_compressed_images_do_not_stop_the_worker(assets, client, multi_
     status = "lechpe_pose_multi: camera front"
     summary = "lechpe_pose_multi: head pose estimation"
     client.wait_connected(front, ["/multi/front/head_pose"])
-    client.fresh_diagnostics()
+    client.fresh_diagnostics(status)
     before = {k: _diag_int(client, status, k) for k in ("rejected_frames", "failed_frames")}
     hostile = [png_declaring(40000, 40000), gif_garbage(), jpeg_declaring(30000, 30000)]
     for k, data in enumerate(hostile):
@@ -845,7 +852,7 @@ def test_hostile_compressed_images_do_not_stop_the_worker(assets, client, multi_
     client.wait_for(
         lambda: client.matched("/multi/front/head_pose", stamp), ANSWER_TIMEOUT, "good frame"
     )
-    client.fresh_diagnostics()
+    client.fresh_diagnostics(status)
     assert _diag_int(client, status, "rejected_frames") == before["rejected_frames"] + 3
     assert _diag_int(client, status, "failed_frames") == before["failed_frames"]
     assert "declares 30000x30000 px" in client.diag[status]["last_error"]

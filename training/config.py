@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
         # JSON of `python -m training.detector_boxes measure`: training crops drawn like
         # the deployed detector's (centre offset and scale by |yaw| range); null: landmark box.
         "detector_box_stats": None,
+        "detector_box_prob": 1.0,  # share of training crops drawn from those statistics
         "num_workers": 2,
     },
     "augment": {
@@ -232,6 +233,8 @@ def validate(config: Mapping[str, Any]) -> None:
         raise ConfigError("optim.schedule must be 'step', 'cosine' or 'none'")
     if not 0.0 <= float(config["data"]["val_fraction"]) < 1.0:
         raise ConfigError("data.val_fraction must be in [0, 1)")
+    if not 0.0 <= float(config["data"]["detector_box_prob"]) <= 1.0:
+        raise ConfigError("data.detector_box_prob must be in [0, 1]")
     if not 0.0 <= float(stage2["clean_fraction"]) <= 1.0:
         raise ConfigError("stage2.clean_fraction must be in [0, 1]")
     for stage in ("stage1", "stage2"):

@@ -171,7 +171,10 @@ class DetectorBoxSampler:
     the nearest range that has them.
     """
 
-    def __init__(self, stats: dict) -> None:
+    def __init__(self, stats: dict, prob: float = 1.0) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"data.detector_box_prob must be in [0, 1], got {prob}")
+        self.prob = float(prob)  # share of crops drawn like the detector's; others: landmark box
         self.test_margin = float(stats.get("test_margin", TEST_MARGIN))
         self.means, self.covs = [], []
         usable = [i for i, b in enumerate(stats["bins"]) if "mean" in b]
@@ -184,11 +187,15 @@ class DetectorBoxSampler:
             self.covs.append(np.asarray(entry["cov"], np.float64))
 
     @classmethod
-    def from_json(cls, path: str) -> DetectorBoxSampler:
+    def from_json(cls, path: str, prob: float = 1.0) -> DetectorBoxSampler:
         with open(path, encoding="utf-8") as handle:
-            return cls(json.load(handle))
+            return cls(json.load(handle), prob)
 
     def __call__(self, sample, rng: np.random.Generator) -> np.ndarray:
+        # A mix keeps the model good on landmark crops (the benchmarks' protocol) while
+        # it learns the deployed crops; prob 1 draws nothing extra (same stream as before).
+        if self.prob < 1.0 and rng.random() >= self.prob:
+            return np.asarray(sample.box, np.float32)
         b = yaw_bin(sample.angles[0])
         dx, dy, log_scale = rng.multivariate_normal(self.means[b], self.covs[b])
         x1, y1, x2, y2 = (float(v) for v in sample.box)

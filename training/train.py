@@ -437,7 +437,9 @@ class Trainer:
         if config["data"]["detector_box_stats"]:
             from training.detector_boxes import DetectorBoxSampler
 
-            self.box_jitter = DetectorBoxSampler.from_json(config["data"]["detector_box_stats"])
+            self.box_jitter = DetectorBoxSampler.from_json(
+                config["data"]["detector_box_stats"], config["data"]["detector_box_prob"]
+            )
         self.bad_items: set[str] = set()
         self.writer = None
         if info.is_main:

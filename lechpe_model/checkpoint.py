@@ -62,7 +62,7 @@ CHECKSUM_KEY = "weights_sha256"  # inside the lechpe_metadata object
 INTEGRITY_KEY = "integrity_sha256"
 
 # Metadata fields a checkpoint may lack (added after format 1 was fixed).
-_OPTIONAL_FIELDS = ("uncertainty_calibration",)
+_OPTIONAL_FIELDS = ("uncertainty_calibration", "mirror_average")
 
 # A safetensors header larger than this is not one of ours (corrupt length field).
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -122,6 +122,9 @@ class ModelMetadata:
             calibrated standard deviation (``lechpe_model.uncertainty``; written by
             ``lechpe-eval calibrate-uncertainty``); ``{}``: publish the raw spread.
             Omitted from the JSON when empty (older checkpoints lack it).
+        mirror_average: inference averages the crop's prediction with its mirrored
+            crop's (``network.LECHPENet``); exported graphs include it. Omitted from
+            the JSON when false (older checkpoints lack it).
     """
 
     format_version: int = FORMAT_VERSION
@@ -140,6 +143,7 @@ class ModelMetadata:
     code_revision: str = "unknown"
     created: str = ""
     uncertainty_calibration: dict[str, Any] = field(default_factory=dict)
+    mirror_average: bool = False
 
     @property
     def bin_spec(self) -> BinSpec:
@@ -150,8 +154,9 @@ class ModelMetadata:
         data = dataclasses.asdict(self)
         for key in ("mean", "std", "angle_order"):
             data[key] = list(data[key])
-        if not data["uncertainty_calibration"]:
-            del data["uncertainty_calibration"]
+        for key in _OPTIONAL_FIELDS:  # omitted when unset: older files stay byte-identical
+            if not data[key]:
+                del data[key]
         return data
 
     def to_json(self) -> str:
@@ -255,6 +260,9 @@ class ModelMetadata:
                 UncertaintyCalibration.from_dict(calibration)
             except ValueError as exc:
                 raise fail("uncertainty_calibration", str(exc)) from exc
+        mirror_average = data.get("mirror_average", False)
+        if not isinstance(mirror_average, bool):
+            raise fail("mirror_average", "must be true or false")
         return cls(
             format_version=version,
             architecture=architecture,
@@ -272,6 +280,7 @@ class ModelMetadata:
             code_revision=as_str("code_revision"),
             created=as_str("created"),
             uncertainty_calibration=dict(calibration),
+            mirror_average=mirror_average,
         )
 
     @classmethod
@@ -287,6 +296,7 @@ class ModelMetadata:
             angle_limit=float(model.num_bins * model.bin_width / 2.0),
             num_clusters=int(model.num_clusters),
             latent_dim=int(model.latent_dim),
+            mirror_average=bool(getattr(model, "mirror_average", False)),
             training_config=dict(training_config or {}),
             code_revision=_code_revision(),
             created=_now_iso(),

@@ -164,6 +164,9 @@ class LECHPENet(nn.Module):
         num_clusters: K centroids in the latent space (10 in the paper).
         pretrained: load ImageNet weights into the encoder (see
             :func:`load_imagenet_state_dict`); tests use random initialisation.
+        mirror_average: inference (``forward``) also runs the horizontally mirrored
+            crop and averages the two predictions (test-time mirroring; twice the
+            network work). Training (``forward_train``) is unchanged.
 
     Input: ``(N, 3, H, W)`` float32, RGB normalised with ImageNet mean/std
     (``lechpe_model.preprocessing``), ``H, W >= 32`` (224 in the paper).
@@ -176,6 +179,7 @@ class LECHPENet(nn.Module):
         bin_width: float = 3.0,
         num_clusters: int = 10,
         pretrained: bool = False,
+        mirror_average: bool = False,
     ) -> None:
         super().__init__()
         _check_backbone(backbone)
@@ -187,6 +191,7 @@ class LECHPENet(nn.Module):
         self.bin_width = spec.bin_width
         self.angle_limit = spec.angle_limit
         self.num_clusters = int(num_clusters)
+        self.mirror_average = bool(mirror_average)
         self.latent_dim = ARCHITECTURE_LATENT_DIMS[backbone]
         self.encoder = _build_encoder(backbone, pretrained)
         self.heads = nn.ModuleDict(
@@ -198,6 +203,10 @@ class LECHPENet(nn.Module):
         # Not persistent: checkpoints carry num_bins/bin_width in the metadata.
         self.register_buffer(
             "bin_centers", torch.as_tensor(spec.centers, dtype=torch.float32), persistent=False
+        )
+        # (yaw, pitch, roll) of a mirrored view: conventions.mirror_euler
+        self.register_buffer(
+            "mirror_sign", torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float32), persistent=False
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,13 +236,44 @@ class LECHPENet(nn.Module):
             ``uncertainty`` (N, 3) degrees (standard deviation of the bin
             centres under the softmax), ``assignment`` (N, K) the soft cluster
             assignment q (its max / entropy is a confidence signal).
+
+        With ``mirror_average`` the mirrored crop's angles are mirrored back
+        (yaw and roll negated) and averaged with the crop's; the uncertainty is
+        the standard deviation of the equal mixture of the two softmaxes (mean
+        variance plus the squared half-difference of the two predictions), and
+        ``assignment`` is the unmirrored crop's.
         """
-        latent = self.encode(x)
-        probs = torch.softmax(self.head_logits(latent), dim=-1)
+        if not self.mirror_average:
+            latent = self.encode(x)
+            angles, var = self.decode_logits(self.head_logits(latent))
+            return angles, var.clamp_min(0.0).sqrt(), soft_assignment(latent, self.centroids)
+        n = x.shape[0]
+        latent = self.encode(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
+        both, var_both = self.decode_logits(self.head_logits(latent))
+        angles, uncertainty = self.combine_mirrored(both[:n], var_both[:n], both[n:], var_both[n:])
+        return angles, uncertainty, soft_assignment(latent[:n], self.centroids)
+
+    def decode_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, 3, B)`` logits -> expectation (eq. 3) and variance of the bin centres
+        under each head's softmax, both ``(N, 3)``."""
+        probs = torch.softmax(logits, dim=-1)
         angles = (probs * self.bin_centers).sum(dim=-1)
         var = (probs * (self.bin_centers - angles.unsqueeze(-1)).pow(2)).sum(dim=-1)
-        uncertainty = var.clamp_min(0.0).sqrt()
-        return angles, uncertainty, soft_assignment(latent, self.centroids)
+        return angles, var
+
+    def combine_mirrored(
+        self,
+        angles: torch.Tensor,
+        var: torch.Tensor,
+        mirrored_angles: torch.Tensor,
+        mirrored_var: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Average a crop's prediction with its mirrored crop's (mirrored back): the
+        angles' mean and the standard deviation of the equal mixture of the two."""
+        back = mirrored_angles * self.mirror_sign
+        mean = 0.5 * (angles + back)
+        mixture_var = 0.5 * (var + mirrored_var) + 0.25 * (angles - back).pow(2)
+        return mean, mixture_var.clamp_min(0.0).sqrt()
 
     @torch.no_grad()
     def set_centroids(self, centroids: np.ndarray | torch.Tensor) -> None:
@@ -263,6 +303,7 @@ class LECHPENet(nn.Module):
             "num_bins": self.num_bins,
             "bin_width": self.bin_width,
             "num_clusters": self.num_clusters,
+            "mirror_average": self.mirror_average,
         }
 
 
@@ -270,8 +311,8 @@ def build_model(config: Mapping[str, Any] | Any, pretrained: bool | None = None)
     """Build a :class:`LECHPENet` from a config dict or a ``ModelMetadata``-like object.
 
     Accepted keys / attributes: ``backbone`` or ``architecture``, ``num_bins``,
-    ``bin_width``, ``num_clusters``, ``pretrained`` (default False; the
-    ``pretrained`` argument overrides it).
+    ``bin_width``, ``num_clusters``, ``mirror_average`` (default False),
+    ``pretrained`` (default False; the ``pretrained`` argument overrides it).
     """
     if isinstance(config, Mapping):
         get = config.get
@@ -287,4 +328,5 @@ def build_model(config: Mapping[str, Any] | Any, pretrained: bool | None = None)
         bin_width=float(get("bin_width", 3.0)),
         num_clusters=int(get("num_clusters", 10)),
         pretrained=bool(get("pretrained", False)) if pretrained is None else pretrained,
+        mirror_average=bool(get("mirror_average", False)),
     )

@@ -256,6 +256,7 @@ def test_input_size_is_recorded(model, tmp_path):
         (lambda m: m.update(angle_limit=90.0), "bins are inconsistent"),
         (lambda m: m.update(angle_order=["pitch", "yaw", "roll"]), "angle_order"),
         (lambda m: m.update(std=[0.2, 0.0, 0.2]), "std"),
+        (lambda m: m.update(mirror_average="yes"), "mirror_average = 'yes'.*true or false"),
     ],
 )
 def test_bad_metadata_names_the_field(saved, tmp_path, edit, message):
@@ -316,6 +317,24 @@ def test_expect_checks_values(saved):
         load_checkpoint(saved, expect={"bins": 66})
 
 
+def test_mirror_average_round_trips_and_is_absent_when_off(model, saved, tmp_path):
+    assert "mirror_average" not in json.loads(read_metadata(saved).to_json())  # older layout
+    assert load_checkpoint(saved)[0].mirror_average is False
+    model.mirror_average = True
+    try:
+        path = tmp_path / "mirror.safetensors"
+        assert save_checkpoint(path, model).mirror_average is True
+    finally:
+        model.mirror_average = False
+    loaded, meta = load_checkpoint(path)
+    assert meta.mirror_average is True and loaded.mirror_average is True
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(torch.flip(x, dims=[3]))[0].numpy() * np.array([-1.0, 1.0, -1.0])
+        want = (model(x)[0].numpy() + want) / 2
+        np.testing.assert_allclose(loaded(x)[0].numpy(), want, atol=1e-4)
+
+
 def test_metadata_dict_round_trip():
     meta = ModelMetadata(architecture="resnet18", latent_dim=512, training_config={"a": [1, 2]})
     again = ModelMetadata.from_dict(json.loads(meta.to_json()))
@@ -331,8 +350,9 @@ def test_metadata_dict_round_trip():
         lambda m: m.update(input_size=160),
         lambda m: m.update(mean=[0.5, 0.5, 0.5]),
         lambda m: m.update(std=[0.25, 0.25, 0.25]),
+        lambda m: m.update(mirror_average=True),
     ],
-    ids=["bin_width", "input_size", "mean", "std"],
+    ids=["bin_width", "input_size", "mean", "std", "mirror_average"],
 )
 def test_metadata_edits_that_still_load_are_refused(saved, tmp_path, edit):
     # Before: the hash covered the tensors only, and these edits changed the angles silently.

@@ -244,11 +244,17 @@ def test_bench_frames_hold_the_requested_faces():
     from lechpe_model.detection import create_detector
 
     pytest.importorskip("yuface")
-    detector = create_detector("yuface", max_input_side=640)  # lechpe-bench's detector
+    detector = create_detector("yuface", max_input_side=640)  # finds every head of the grid
     for n in (1, 4, 16):
         frame = bench.make_frame(n)
         assert frame.shape == (480, 640, 3)
         assert len(detector.detect(frame)) == n
+    # lechpe-bench's default (the node's): every face of the 1- and 4-face frames, on which
+    # the non-network share is measured
+    assert bench.build_parser().parse_args([]).detector == "blazeface_full"
+    default = create_detector("blazeface_full")
+    for n in (1, 4):
+        assert len(default.detect(bench.make_frame(n))) == n
 
 
 # -------------------------------------------------------------------- drawing

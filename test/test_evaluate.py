@@ -436,3 +436,12 @@ def test_calibrate_uncertainty_writes_a_calibrated_checkpoint(tmp_path):
     assert unc["calibrated"] and unc["published"]["faces"] == 24
     assert unc["published"]["coverage_1sigma"] == report["fit_set"]["coverage_1sigma"]
     assert (ev / "reliability.png").stat().st_size > 1000
+    # --mirror-average on: fitted on (and written with) test-time mirroring
+    mirrored = tmp_path / "cal_mirror.safetensors"
+    args = ["calibrate-uncertainty", "--checkpoint", str(ckpt), "--data", str(data)]
+    args += ["--out", str(mirrored), "--split", "all", "--mirror-average", "on", "--no-plot"]
+    assert evaluate.main(args) == 0
+    assert read_metadata(mirrored).mirror_average and not read_metadata(out).mirror_average
+    assert sorted(p.name for p in tmp_path.glob("*mirror_tmp*")) == []  # temp copy removed
+    fit = json.load(open(tmp_path / "cal_mirror_calibration.json"))["calibration"]
+    assert fit["weights"] != report["calibration"]["weights"]  # other outputs, other fit

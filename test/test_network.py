@@ -100,6 +100,31 @@ def test_one_hot_head_decodes_to_bin_centre(index):
     np.testing.assert_allclose(uncertainty.numpy(), 0.0, atol=1e-3)
 
 
+def test_mirror_average_is_the_mean_of_the_two_views_and_their_mixture_spread():
+    torch.manual_seed(0)
+    single = LECHPENet("mobilenet_v3_small", num_clusters=3).eval()
+    both = LECHPENet("mobilenet_v3_small", num_clusters=3, mirror_average=True).eval()
+    both.load_state_dict(single.state_dict())
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        angles, sigma, q = both(x)
+        a, s, q1 = (t.double().numpy() for t in single(x))
+        am, sm, _ = (t.double().numpy() for t in single(torch.flip(x, dims=[3])))
+    am = am * np.array([-1.0, 1.0, -1.0])  # conventions.mirror_euler
+    np.testing.assert_allclose(angles.numpy(), (a + am) / 2, atol=1e-4)
+    # equal mixture of two distributions: mean of the variances + variance of the means
+    mixture = np.sqrt((s**2 + sm**2) / 2 + ((a - am) / 2) ** 2)
+    np.testing.assert_allclose(sigma.numpy(), mixture, atol=1e-3)
+    np.testing.assert_allclose(q.numpy(), q1, atol=1e-6)  # the unmirrored crop's clusters
+    # the averaged prediction is exactly mirror-equivariant
+    with torch.no_grad():
+        flipped = both(torch.flip(x, dims=[3]))[0].numpy()
+    np.testing.assert_allclose(flipped, angles.numpy() * np.array([-1.0, 1.0, -1.0]), atol=1e-4)
+    assert both.config()["mirror_average"] is True
+    assert build_model(both.config()).mirror_average is True
+    assert build_model(single.config()).mirror_average is False
+
+
 def test_batch_of_one_equals_batch_of_n(small_model):
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
@@ -161,12 +186,15 @@ def test_build_model_from_dict_and_metadata_like():
         "num_bins": 66,
         "bin_width": 3.0,
         "num_clusters": 7,
+        "mirror_average": False,
     }
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's TorchScript exporter notice
-def test_onnx_export_dynamic_batch_matches_torch(small_model):
+@pytest.mark.parametrize("mirror_average", [False, True], ids=["single", "mirror_average"])
+def test_onnx_export_dynamic_batch_matches_torch(small_model, mirror_average):
     onnxruntime = pytest.importorskip("onnxruntime")
+    small_model.mirror_average = mirror_average  # the flip and the halves are in the graph
     buffer = io.BytesIO()
     names = ["angles", "uncertainty", "assignment"]
     torch.onnx.export(
@@ -184,6 +212,7 @@ def test_onnx_export_dynamic_batch_matches_torch(small_model):
     got = session.run(None, {"images": x.numpy()})
     with torch.no_grad():
         want = small_model(x)
+    small_model.mirror_average = False
     for g, w, name in zip(got, want, names, strict=True):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4, err_msg=name)
 

@@ -94,9 +94,15 @@ def run_inference(
             enabled=(cpu_bf16 and on_cpu) or (amp and info.device.type == "cuda"),
         ):
             out = net.forward_train(x)
-        probs = torch.softmax(out.logits.float(), dim=-1)
-        angles = (probs * net.bin_centers).sum(dim=-1)
-        spread = (probs * (net.bin_centers - angles.unsqueeze(-1)).pow(2)).sum(dim=-1).sqrt()
+            mirrored = net.forward_train(torch.flip(x, dims=[3])) if net.mirror_average else None
+        # Decoded as LECHPENet.forward does (test-time mirroring included), with the latents
+        angles, var = net.decode_logits(out.logits.float())
+        if mirrored is not None:
+            angles, spread = net.combine_mirrored(
+                angles, var, *net.decode_logits(mirrored.logits.float())
+            )
+        else:
+            spread = var.clamp_min(0.0).sqrt()
         rows["index"].append(batch["index"])
         rows["angles"].append(angles.cpu())
         rows["uncertainty"].append(spread.cpu())

@@ -593,9 +593,32 @@ def calibrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--mirror-average",
+        choices=("keep", "on", "off"),
+        default="keep",
+        help="turn test-time mirroring (crop and mirrored crop averaged, twice the network "
+        "work) on or off in the written model before fitting; keep: as in --checkpoint",
+    )
     add_identity_arguments(p)
     p.set_defaults(split="val")
     return p
+
+
+def copy_with_mirror_average(src: str, dst: str, on: bool) -> None:
+    """Write ``src`` to ``dst`` with ``mirror_average`` set (dtype and calibration kept)."""
+    from lechpe_model.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(src)
+    model.mirror_average = bool(on)
+    save_checkpoint(
+        dst,
+        model,
+        meta.training_config,
+        dtype=_checkpoint_float_dtype(src),
+        input_size=meta.input_size,
+        uncertainty_calibration=meta.uncertainty_calibration,
+    )
 
 
 def calibrate_main(argv: Sequence[str]) -> int:
@@ -608,14 +631,23 @@ def calibrate_main(argv: Sequence[str]) -> int:
         raise SystemExit("lechpe-eval calibrate-uncertainty: give --data and/or --occluded-data")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     chosen = selected_identities(args, [args.data, args.occluded_data])
-    evaluation = evaluate_sets(
-        args.checkpoint,
-        args.data,
-        args.occluded_data,
-        batch_size=args.batch_size,
-        device=args.device,
-        identities=chosen,
-    )
+    source = args.checkpoint
+    if args.mirror_average != "keep":  # fit on the outputs the written model will give
+        source = os.path.splitext(args.out)[0] + "_mirror_tmp.safetensors"
+        copy_with_mirror_average(args.checkpoint, source, args.mirror_average == "on")
+    try:
+        evaluation = evaluate_sets(
+            source,
+            args.data,
+            args.occluded_data,
+            batch_size=args.batch_size,
+            device=args.device,
+            identities=chosen,
+        )
+        model, meta = load_checkpoint(source)
+    finally:
+        if source != args.checkpoint and os.path.exists(source):
+            os.unlink(source)
     parts = {k: [] for k in ("angles", "uncertainty", "q", "err")}
     for s in evaluation["sets"].values():
         r = s["result"]
@@ -633,7 +665,6 @@ def calibrate_main(argv: Sequence[str]) -> int:
         f"identities {ids if len(ids) <= 40 else f'{len(ids)} ids'} (split {args.split})"
     )
     calibration = fit_calibration(angles, raw, q, err, ridge=args.ridge, fitted_on=fitted_on)
-    model, meta = load_checkpoint(args.checkpoint)
     save_checkpoint(
         args.out,
         model,

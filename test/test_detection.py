@@ -266,6 +266,24 @@ def test_letterbox_maps_boxes_back(astronaut_bgr):
         assert iou(face.box, expected) > 0.8, (width, face.box, expected)
 
 
+@pytest.mark.parametrize("shape", [(480, 640), (720, 1280), (481, 641), (150, 100)])
+def test_letterbox_fast_shrink_matches_one_step_area_resampling(astronaut_bgr, shape):
+    """Halving then a bilinear step (the fast path) gives the pixels of one INTER_AREA
+    resize to within a few grey levels, in the same place; odd sides and enlargement too."""
+    from lechpe_model.detection.blazeface import letterbox
+
+    height, width = shape
+    frame = cv2.resize(astronaut_bgr, (width, height), interpolation=cv2.INTER_AREA)
+    square, scale = letterbox(frame, 192)
+    new_w, new_h = round(width * scale), round(height * scale)
+    method = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    reference = cv2.resize(frame, (new_w, new_h), interpolation=method).astype(int)
+    assert np.abs(square[:new_h, :new_w].astype(int) - reference).mean() < 2.0
+    assert not square[new_h:].any() and not square[:, new_w:].any()  # black padding
+    flat = letterbox(np.full((height, width, 3), 77, np.uint8), 192)[0]
+    assert (flat[:new_h, :new_w] == 77).all()  # averages, no ringing
+
+
 def test_blazeface_onnx_matches_known_box_on_a_real_photo(astronaut_bgr, mesh_landmarks):
     """The shipped ONNX + decoder find the astronaut's face (box from the face mesh)."""
     mesh_box = pp.box_from_landmarks(mesh_landmarks)

@@ -80,6 +80,25 @@ def ssd_anchor_centres(input_size: int, strides: tuple[int, ...], interpolated: 
     return np.concatenate(centres).astype(np.float32)
 
 
+def _shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Halve ``image`` (exact 2x2 averages) while it is at least twice ``width x height``.
+
+    OpenCV's INTER_AREA is fast for integer factors only: 640x480 -> 192x144 in one
+    step took 2.0 ms here, halving then a bilinear step 0.25 ms (the pixels differ by
+    about 1 grey level on average). Frames with an odd side take the one-step path.
+    """
+    while (
+        image.shape[1] >= 2 * width
+        and image.shape[0] >= 2 * height
+        and image.shape[1] % 2 == 0
+        and image.shape[0] % 2 == 0
+    ):
+        image = cv2.resize(
+            image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA
+        )
+    return image
+
+
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     """``image`` scaled to fit ``size x size`` (aspect kept), padded bottom/right with black.
 
@@ -89,8 +108,12 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     scale = size / max(height, width)
     new_w = min(max(int(round(width * scale)), 1), size)
     new_h = min(max(int(round(height * scale)), 1), size)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    resized = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    resized = _shrink(image, new_w, new_h) if scale < 1 else image
+    if resized.shape[1] != new_w or resized.shape[0] != new_h:
+        # what is left after halving shrinks by less than 2x: bilinear barely aliases
+        left = new_w / resized.shape[1]
+        interpolation = cv2.INTER_AREA if left < 0.5 else cv2.INTER_LINEAR
+        resized = cv2.resize(resized, (new_w, new_h), interpolation=interpolation)
     square = np.zeros((size, size, 3), dtype=np.uint8)
     square[:new_h, :new_w] = resized
     return square, scale

@@ -299,12 +299,13 @@ class PoseEstimator:
             timings["detect"] = (time.perf_counter() - start) * 1e3
             result.error = f"face detector {self.detector.name} failed: {type(exc).__name__}: {exc}"
             return
-        good = [f for f in tracked_faces if _usable_box(f.detection)]
-        for bad_face in tracked_faces:
-            if not _usable_box(bad_face.detection):
-                tracker.end(bad_face.track_id)
+        good, bad = [], []
+        for face in tracked_faces:
+            (good if _usable_box(face.detection) else bad).append(face)
+        for face in bad:
+            tracker.end(face.track_id)
         result.detected = sum(not f.tracked for f in good)
-        result.dropped += len(tracked_faces) - len(good)
+        result.dropped += len(bad)
         # at most max_faces, the largest boxes; then in track-id order
         by_detection = {id(f.detection): f for f in good}
         kept = keep_largest([f.detection for f in good], self.max_faces)

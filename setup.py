@@ -58,6 +58,7 @@ setup(
             "lechpe-demo = lechpe_ros.demo:main",
             "lechpe-train = training.train:main",
             "lechpe-eval = training.evaluate:main",
+            "lechpe-train-detector = training.detector_train:main",
             "lechpe-elbow = training.elbow:main",
             "lechpe-ablation = training.ablation:main",
             "lechpe-occlude = training.occlusion:main",

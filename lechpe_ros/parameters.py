@@ -44,6 +44,7 @@ class ParamSpec:
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 DETECTORS = (
     "blazeface_full",
+    "blazeface_occluded",
     "blazeface",
     "yuface",
     "yunet",
@@ -138,9 +139,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "blazeface_full",
         "string",
         "Face detector (docs/BENCHMARKS.md): blazeface_full (BlazeFace full range, ONNX), "
-        "blazeface (short range, close faces), yuface (YuNet), yunet (needs "
-        "detector_model_path), haar, blazeface_full+yuface (union: more faces, both costs); "
-        "auto picks blazeface_full, then yuface, yunet, haar.",
+        "blazeface_occluded (full range fine-tuned on occluded renders: finds far more "
+        "masked/covered faces, larger boxes on real faces), blazeface (short range, close "
+        "faces), yuface (YuNet), yunet (needs detector_model_path), haar, "
+        "blazeface_full+yuface (union: more faces, both costs); auto picks blazeface_full, "
+        "then yuface, yunet, haar.",
         choices=DETECTORS,
     ),
     ParamSpec(
@@ -148,7 +151,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "",
         "string",
         "ONNX file for detector 'yunet' (required, cv2.FaceDetectorYN) or 'blazeface'/"
-        "'blazeface_full' (optional, default: the shipped file).",
+        "'blazeface_full'/'blazeface_occluded' (optional, default: the shipped file; e.g. "
+        "one made by lechpe-train-detector).",
     ),
     ParamSpec(
         "detection_threshold",

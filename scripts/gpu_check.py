@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -206,7 +207,7 @@ class Check:
             )
         if not versions.get("torch_cuda"):
             pin = f"=={versions['torch'].split('+')[0]}" if versions.get("torch") else ""
-            plan.append(("torch (CUDA)", None, [[*pip, f"torch{pin}", "torchvision"]], None))
+            plan.append(("torch (CUDA)", None, [[*pip, "torchvision", f"torch{pin}"]], None))
         if not versions.get("tensorrt"):
             plan.append(("tensorrt", None, [[*pip, "tensorrt"]], None))
         if self.dry_run:
@@ -220,19 +221,59 @@ class Check:
             )
             return
         log, done, failed, start = [], [], [], time.monotonic()
+        if plan:
+            # One quick probe: an offline machine (no package index) is reported in
+            # seconds instead of each install waiting out pip's retries.
+            probe = [*pip[:3], "index", "versions", "pip", "--timeout", "5", "--retries", "0"]
+            rc, out, _ = self.run(probe, 30)
+            if rc != 0:
+                self.record(
+                    name,
+                    "fail",
+                    time.monotonic() - start,
+                    "the package index is unreachable from this machine: nothing installed "
+                    f"(wanted: {', '.join(label for label, *_ in plan)}); the next steps use "
+                    "what is installed",
+                    before=versions,
+                    output=f"$ pip index versions pip\n{out[-800:]}",
+                )
+                return
+        wheels = self.work / "wheels"
         for label, before, tries, restore in plan:
-            if before:
-                self.run(before, 60)
             for cmd in tries:
-                rc, out, _ = self.run(cmd, self.left(name, start))
+                # Download first (short timeouts, no retries): an offline machine or a
+                # missing wheel fails here in seconds, before anything is uninstalled.
+                spec = cmd[-1]
+                get = [*pip[:3], "download", "--no-deps", "--timeout", "10", "--retries", "0"]
+                rc, out, _ = self.run(
+                    [*get, "-d", str(wheels / label), spec], self.left(name, start)
+                )
+                log.append(f"$ pip download --no-deps {spec}\n{out[-600:]}")
+                if rc != 0:
+                    continue
+                if before:
+                    self.run(before, 60)
+                rc, out, _ = self.run(
+                    [
+                        *cmd[:-1],
+                        "--timeout",
+                        "10",
+                        "--retries",
+                        "1",
+                        "--find-links",
+                        str(wheels / label),
+                        spec,
+                    ],
+                    self.left(name, start),
+                )
                 log.append(f"$ {' '.join(cmd[3:])}\n{out[-600:]}")
                 if rc == 0:
                     done.append(label)
                     break
-            else:
-                failed.append(label)
                 if restore:
                     self.run(restore, 60)
+            else:
+                failed.append(label)
         status = "pass" if not failed else ("partial" if done else "fail")
         summary = (
             f"installed: {', '.join(done) or '-'}; not installable: {', '.join(failed) or '-'}"
@@ -267,7 +308,13 @@ class Check:
     def ort_cuda_parity(self, name: str) -> None:
         device = "cpu" if self.dry_run else "cuda"
         rc, out, secs, data = self.python_step(PARITY_CODE, BOXES[name], [str(self.work), device])
-        if rc == 0 and data:
+        if rc == 0 and data.get("unavailable"):
+            status = "unavailable"
+            summary = (
+                f"this onnxruntime {data['available_providers']} has no CUDA provider "
+                "(onnxruntime-gpu not installed: see install)"
+            )
+        elif rc == 0 and data:
             ok = data["max_abs_deg"] <= PARITY_LIMIT_DEG and data["providers"][0] == (
                 "CPUExecutionProvider" if self.dry_run else "CUDAExecutionProvider"
             )
@@ -341,6 +388,14 @@ class Check:
             "train.amp=true",
             "--set",
             "data.max_samples=16",
+            # 12 training faces in batches of 4: 3 steps per epoch, stage 1 then 2 x 3 steps
+            # of stage 2, so train.max_steps=5 stops inside stage 2
+            "--set",
+            "stage1.batch_size=4",
+            "--set",
+            "stage2.batch_size=4",
+            "--set",
+            "stage2.epochs=2",
             "--set",
             "train.threads=2",
             *extra,
@@ -383,11 +438,13 @@ class Check:
         logs = [out]
         runs = [
             self._train_cmd(data, full, device),
-            self._train_cmd(data, parts, device, "--set", "train.max_steps=3"),
+            self._train_cmd(data, parts, device, "--set", "train.max_steps=5"),
             self._train_cmd(data, parts, device, "--resume"),
         ]
+        outputs = []
         for cmd in runs:
             rc, out, _ = self.run([self.python, *cmd], self.left(name, start))
+            outputs.append(out)
             logs.append(f"$ lechpe-train {' '.join(cmd[2:])}\n{out[-1500:]}")
             if rc != 0:
                 self.record(
@@ -401,10 +458,18 @@ class Check:
         rc, out, _, diff = self.python_step(COMPARE_CODE, 30, [str(full), str(parts)])
         logs.append(out)
         exact = rc == 0 and diff.get("max_abs_diff") is not None and diff["max_abs_diff"] <= 1e-6
-        status = ("dry-run" if self.dry_run else "pass") if exact else "fail"
+        # the comparison means something only if the run really stopped inside stage 2
+        stopped = re.search(r"stopped at global step (\d+)", outputs[1])
+        resumed = re.search(r"resumed .*: phase (\w+)", outputs[2])
+        diff["stopped_at_step"] = int(stopped.group(1)) if stopped else None
+        diff["resumed_phase"] = resumed.group(1) if resumed else None
+        interrupted = diff["stopped_at_step"] is not None and diff["resumed_phase"] == "stage2"
+        status = ("dry-run" if self.dry_run else "pass") if exact and interrupted else "fail"
         summary = (
-            f"stage 1 + stage 2 on {device} (AMP on: CUDA only); resumed vs uninterrupted "
-            f"weights: max |diff| {diff.get('max_abs_diff')} over {diff.get('tensors')} tensors"
+            f"stage 1 + stage 2 on {device} (AMP on: CUDA only), stopped at step "
+            f"{diff['stopped_at_step']} (phase {diff['resumed_phase']}) and resumed; resumed vs "
+            f"uninterrupted weights: max |diff| {diff.get('max_abs_diff')} over "
+            f"{diff.get('tensors')} tensors"
         )
         self.record(name, status, time.monotonic() - start, summary, **diff, output="\n".join(logs))
 
@@ -496,6 +561,10 @@ work, device = Path(sys.argv[1]), sys.argv[2]
 import onnxruntime as ort
 if hasattr(ort, "preload_dlls") and device == "cuda":
     ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels torch installed
+available = ort.get_available_providers()
+if device == "cuda" and "CUDAExecutionProvider" not in available:
+    print("RESULT " + json.dumps({"unavailable": True, "available_providers": available}))
+    sys.exit(0)
 from lechpe_model import backends, preprocessing as pp
 from lechpe_model.cli.bench import random_checkpoint
 from lechpe_model.export import export_onnx
@@ -536,6 +605,7 @@ configs = [("onnxruntime", "fp32", dict(device=device))]
 configs.append(("torch", "fp32", dict(device=device)))
 if device == "cuda":
     configs.append(("torch", "fp16-autocast", dict(device=device)))
+    configs.append(("torch", "bf16-autocast", dict(device=device)))
     configs.append(("tensorrt", "fp32", dict(precision="fp32", max_batch=max(sizes), cache_dir=str(work / "trt"))))
     configs.append(("tensorrt", "fp16", dict(precision="fp16", max_batch=max(sizes), cache_dir=str(work / "trt"))))
 rows = []
@@ -553,9 +623,10 @@ for name, precision, options in configs:
         try:
             import contextlib
             ctx = contextlib.nullcontext()
-            if precision == "fp16-autocast":
+            if precision.endswith("-autocast"):
                 import torch
-                ctx = torch.autocast("cuda", dtype=torch.float16)
+                dtype = torch.float16 if precision == "fp16-autocast" else torch.bfloat16
+                ctx = torch.autocast("cuda", dtype=dtype)
             with ctx:
                 for _ in range(3):
                     backend.infer(x)
@@ -612,7 +683,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in list(BOXES)[1:]:
             if name in wanted:
                 check.step(name, getattr(check, name))
-        bad = [r["step"] for r in check.results if r["status"] in ("fail", "error", "skipped")]
+        bad = [
+            r["step"]
+            for r in check.results
+            if r["status"] in ("fail", "error", "skipped", "unavailable")
+        ]
         verdict = f"Failed or skipped: {', '.join(bad)}." if bad else "Every step passed."
         check.write_report(verdict)
     return 0

@@ -49,7 +49,7 @@ def mesh_landmarks() -> np.ndarray:
 
 def available_detectors() -> list[str]:
     names = []
-    for name in ("blazeface", "blazeface_full", "yuface", "haar"):
+    for name in ("blazeface", "blazeface_full", "blazeface_occluded", "yuface", "haar"):
         try:
             det.create_detector(name)
             names.append(name)
@@ -83,7 +83,7 @@ def test_astronaut_gives_one_face_at_the_landmarks(name, astronaut_bgr, mesh_lan
         assert np.all(inner >= mesh_box[:2]) and np.all(inner <= mesh_box[2:])
 
 
-@pytest.mark.parametrize("name", DETECTORS)
+@pytest.mark.parametrize("name", [n for n in DETECTORS if n != "blazeface_occluded"])
 def test_detector_crop_matches_training_crop(name, astronaut_bgr, mesh_landmarks):
     """The calibrated margin turns the detector box into the landmark test crop."""
     detector = det.create_detector(name)
@@ -98,6 +98,27 @@ def test_detector_crop_matches_training_crop(name, astronaut_bgr, mesh_landmarks
     assert 0.9 < side_ratio < 1.1
 
 
+def test_occluded_detector_crops_a_real_face_larger_than_a_rendered_one(
+    astronaut_bgr, mesh_landmarks
+):
+    """blazeface_occluded learnt the training crop of *rendered* faces. On the real
+    astronaut its crop (full range's constants) is ~1.2x the photo's landmark crop and
+    sits higher (docs/BENCHMARKS.md): measured here so a new file is checked against it."""
+    detector = det.create_detector("blazeface_occluded")
+    (face,) = detector.detect(astronaut_bgr)
+    lm68_like = np.concatenate(
+        [mesh_landmarks[MESH_JAW_SIDES], mesh_landmarks[MESH_BROWS], mesh_landmarks[MESH_CHIN]]
+    )
+    train_crop = pp.expand_box(pp.box_from_landmarks(lm68_like), pp.TEST_MARGIN)
+    det_crop = pp.expand_box(face.box, detector.crop_margin, shift_y=detector.crop_shift_y)
+    side_ratio = (det_crop[2] - det_crop[0]) / (train_crop[2] - train_crop[0])
+    assert iou(det_crop, train_crop) > 0.65
+    assert 1.05 < side_ratio < 1.35
+    # it contains the face: every landmark-box corner inside the crop
+    inner = pp.box_from_landmarks(lm68_like)
+    assert np.all(inner[:2] >= det_crop[:2]) and np.all(inner[2:] <= det_crop[2:])
+
+
 def paste_faces(face: np.ndarray, sizes: list[int], canvas_hw=(300, 820)) -> np.ndarray:
     canvas = np.full(canvas_hw + (3,), 120, dtype=np.uint8)
     x = 10
@@ -109,8 +130,9 @@ def paste_faces(face: np.ndarray, sizes: list[int], canvas_hw=(300, 820)) -> np.
 
 # BlazeFace sees the whole frame at 128 (short range) or 192 px (full range): the
 # faces of an 820 px wide canvas shrink 4-6x. Short range misses them (it is made
-# for close faces); full range scores the two smaller ones 0.47-0.48.
-GROUP_THRESHOLD = {"blazeface_full": 0.4}
+# for close faces); full range scores the two smaller ones 0.47-0.48, the occluded
+# fine-tune (blazeface_occluded) the smallest 0.42.
+GROUP_THRESHOLD = {"blazeface_full": 0.4, "blazeface_occluded": 0.4}
 
 
 @pytest.mark.parametrize("name", [n for n in DETECTORS if n != "blazeface"])

@@ -126,3 +126,26 @@ def test_tracking_mode_quick(tmp_path):
     summary = json.loads(out.read_text())
     off, on = summary.values()
     assert on["answered %"] >= off["answered %"]
+
+
+def test_identity_frames_draw_the_held_out_people_with_their_landmarks(frames):
+    """--identities renders lechpe-synth identities: other pixels, same geometry draws."""
+    from training.synth.renderer import build_head_model
+
+    model = build_head_model(True)
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    test_ids = bench.IDENTITY_SETS["test"]
+    a = bench.render_frame(rng_a, 320, 240, 2, occluded=False, model=model, identities=test_ids)
+    b = bench.render_frame(rng_b, 320, 240, 2, occluded=False, model=model, identities=test_ids)
+    assert np.array_equal(a.image, b.image) and len(a.faces) >= 1
+    for face in a.faces:
+        # the crop is the landmark box expanded by the test margin
+        lm_box = np.array([*face.landmarks.min(axis=0), *face.landmarks.max(axis=0)])
+        expected = bench.pp.expand_box(lm_box, bench.pp.TEST_MARGIN)
+        assert np.allclose(face.crop, expected, atol=1e-3)
+        assert face.landmarks.shape == (68, 2)
+    astronaut = bench.render_frame(
+        np.random.default_rng(5), 320, 240, 2, occluded=False, model=model
+    )
+    assert not np.array_equal(astronaut.image, a.image)
+    assert list(bench.IDENTITY_SETS["test"]) == list(range(900, 1000))

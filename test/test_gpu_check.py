@@ -84,6 +84,8 @@ def test_dry_run_runs_every_cpu_path_and_reports_it(tmp_path):
     assert any(line.startswith("| onnxruntime | 1 |") for line in steps["bench"]["lechpe_bench"])
     resume = steps["train_amp_resume"]
     assert resume["max_abs_diff"] <= 1e-6 and resume["tensors"] > 50
+    # the run really stopped inside stage 2 (9 steps in all) and resumed there
+    assert resume["stopped_at_step"] == 5 and resume["resumed_phase"] == "stage2"
     assert (steps["ddp"]["processes"], steps["ddp"]["backend"]) == (1, "gloo")
 
 

@@ -112,6 +112,9 @@ DEFAULTS: dict[str, Any] = {
         "device": "auto",  # auto | cpu | cuda | cuda:N
         "amp": True,  # CUDA only (float16 autocast + loss scaling)
         "cpu_bf16": False,  # bfloat16 autocast on the CPU (AVX512-BF16 / AMX)
+        # CUDA: deterministic cuDNN/cuBLAS kernels, so a resumed run equals an
+        # uninterrupted one bit for bit (a few % slower); the CPU path always is
+        "deterministic": True,
         "threads": None,  # torch CPU threads per process (None: torch default)
         "checkpoint_every_steps": 0,  # besides every epoch; 0 = epochs only
         "max_steps": None,  # stop after this many optimiser steps (then --resume)

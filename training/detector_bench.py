@@ -42,7 +42,12 @@ from lechpe_model import preprocessing as pp
 from lechpe_model.detection import create_detector
 from training.occlusion import PROCEDURAL_TYPES, occlude_face
 from training.synth.renderer import build_head_model, composite, render_head
-from training.synth.scene import random_appearance, random_background
+from training.synth.scene import (
+    SceneConfig,
+    identity_appearance,
+    random_appearance,
+    random_background,
+)
 
 #: crop IoU at which a detection counts as finding a face
 MATCH_IOU = 0.4
@@ -72,7 +77,12 @@ DEFAULT_CONFIGS = (
     ("blazeface_full 0.3", "blazeface_full", {"score_threshold": 0.3}),
     ("blazeface_full+yuface 0.5", "blazeface_full+yuface", {"score_threshold": 0.5}),
     ("blazeface_full+blazeface 0.5", "blazeface_full+blazeface", {"score_threshold": 0.5}),
+    ("blazeface_occluded 0.5", "blazeface_occluded", {"score_threshold": 0.5}),
+    ("blazeface_occluded 0.4", "blazeface_occluded", {"score_threshold": 0.4}),
+    ("blazeface_occluded 0.3", "blazeface_occluded", {"score_threshold": 0.3}),
 )
+#: ``--identities``: lechpe-synth identity ranges (the pose network's split)
+IDENTITY_SETS = {"train": range(0, 800), "val": range(800, 900), "test": range(900, 1000)}
 
 
 @dataclass
@@ -81,6 +91,7 @@ class TrueFace:
     width_px: float  #: 68-landmark box width
     occluder: str  #: "none" or the occluder type
     coverage: float
+    landmarks: np.ndarray | None = None  #: (68, 2) pixels
 
 
 @dataclass
@@ -121,12 +132,41 @@ def _place_heads(rng, camera, count: int, face_cm: float) -> list[tuple[float, n
     return sorted(out, key=lambda item: -item[1][2])
 
 
+def _head(rng, model, identities, config):
+    """``render_head`` appearance and keyword arguments of one person.
+
+    Without ``identities``: the astronaut-photo variations of
+    :func:`random_appearance` (the benchmark's original faces); with them: one of
+    these lechpe-synth identities, with its face shape, texture, an expression
+    and several lights.
+    """
+    if identities is None:
+        appearance, _ = random_appearance(rng)
+        return appearance, {}
+    identity = int(identities[int(rng.integers(len(identities)))])
+    ident, _, face, _, appearance = identity_appearance(rng, config, identity)
+    return appearance, {"shape_scale": ident.shape_scale, "face_vertices": face}
+
+
 def render_frame(
-    rng: np.random.Generator, width: int, height: int, people: int, occluded: bool, model
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    people: int,
+    occluded: bool,
+    model,
+    identities=None,
 ) -> Frame:
-    """One frame with ``people`` heads (0: a face-free frame, maybe heads from behind)."""
+    """One frame with ``people`` heads (0: a face-free frame, maybe heads from behind).
+
+    ``identities``: draw each person from these lechpe-synth identity ids instead of
+    the astronaut-photo variations (see :func:`_head`).
+    """
     from training.synth.renderer import Camera
 
+    config = SceneConfig()
+    if identities is not None:  # identity heads have ears (their head colours include them)
+        model = build_head_model(config.head, ears=True)
     camera = Camera.from_fov(width, height, 60.0)
     image = random_background(rng, width, height)
     frame = Frame(image=image)
@@ -141,17 +181,19 @@ def render_frame(
                     break
         if kind == "back of head":
             for _width_px, t in _place_heads(rng, camera, int(rng.integers(1, 4)), 14.0):
-                appearance, _ = random_appearance(rng)
+                appearance, extra = _head(rng, model, identities, config)
                 yaw = float(rng.uniform(150, 210)) * (1 if rng.random() < 0.5 else -1)
-                result = render_head(model, appearance, yaw, rng.normal(0, 10), 0.0, t, camera)
+                result = render_head(
+                    model, appearance, yaw, rng.normal(0, 10), 0.0, t, camera, **extra
+                )
                 frame.image = composite(result, frame.image)
         frame.image = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
         return frame
     rendered = []
     for _width_px, t in _place_heads(rng, camera, people, model.face.width_cm):
-        appearance, _ = random_appearance(rng)
+        appearance, extra = _head(rng, model, identities, config)
         yaw, pitch, roll = rng.uniform(-60, 60), rng.normal(0, 12), rng.normal(0, 8)
-        result = render_head(model, appearance, yaw, pitch, roll, t, camera)
+        result = render_head(model, appearance, yaw, pitch, roll, t, camera, **extra)
         image = composite(result, image)
         rendered.append(result)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
@@ -167,6 +209,7 @@ def render_frame(
                 width_px=float(lm_box[2] - lm_box[0]),
                 occluder=occluder,
                 coverage=float(coverage),
+                landmarks=np.asarray(result.landmarks, np.float32)[:, :2],
             )
         )
     # faces that are more than half hidden by a nearer head are not counted
@@ -175,7 +218,9 @@ def render_frame(
     return frame
 
 
-def render_frames(sizes, face_frames: int, free_frames: int, seed: int) -> list[Frame]:
+def render_frames(
+    sizes, face_frames: int, free_frames: int, seed: int, identities=None
+) -> list[Frame]:
     from tqdm import tqdm
 
     model = build_head_model(True)
@@ -184,7 +229,11 @@ def render_frames(sizes, face_frames: int, free_frames: int, seed: int) -> list[
     for w, h, i, with_faces in tqdm(jobs, desc="rendering frames", unit="frame"):
         rng = np.random.default_rng([seed, w, h, i])
         people = int(rng.integers(1, 4)) if with_faces else 0
-        frames.append(render_frame(rng, w, h, people, occluded=bool(i % 2), model=model))
+        frames.append(
+            render_frame(
+                rng, w, h, people, occluded=bool(i % 2), model=model, identities=identities
+            )
+        )
     return frames
 
 
@@ -379,16 +428,23 @@ def plot(results: dict, path: Path) -> None:
             ax = axes[row][col]
             groups = labels or list(next(iter(results.values()))[size][key].keys())
             width = 0.8 / max(len(results), 1)
+            colours = plt.get_cmap("tab20").colors  # one colour per configuration (up to 20)
             for k, (label, by_size) in enumerate(results.items()):
                 r = by_size[size]
                 values = [r["clean"][0] if g == "none" else r[key][g][0] for g in groups]
-                ax.bar(np.arange(len(groups)) + k * width, values, width, label=label)
+                ax.bar(
+                    np.arange(len(groups)) + k * width,
+                    values,
+                    width,
+                    label=label,
+                    color=colours[k % len(colours)],
+                )
             ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
             ax.set_ylim(0, 100)
             ax.set_ylabel("recall %")
             ax.set_title(f"{size}: recall {key.replace('by ', 'by ')}")
             ax.axhline(95, color="k", lw=0.5, ls="--")
-    axes[0][0].legend(fontsize=7, ncol=2)
+    axes[0][0].legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -588,6 +644,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--free-frames", type=int, default=60, help="face-free frames per size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--identities",
+        choices=sorted(IDENTITY_SETS),
+        help="people drawn from these lechpe-synth identities (test: 900-999, never trained "
+        "on by the pose network or blazeface_occluded) instead of the astronaut-photo faces",
+    )
+    parser.add_argument(
         "--detectors",
         help="comma-separated labels of the default configurations to run (default: all)",
     )
@@ -630,7 +692,10 @@ def main(argv: list[str] | None = None) -> int:
     frames_by_size = {}
     counts = {}
     for w, h in sizes:
-        frames = render_frames([(w, h)], args.face_frames, args.free_frames, args.seed)
+        identities = IDENTITY_SETS[args.identities] if args.identities else None
+        frames = render_frames(
+            [(w, h)], args.face_frames, args.free_frames, args.seed, identities=identities
+        )
         key = f"{w}x{h}"
         frames_by_size[key] = frames
         faces = [f for fr in frames for f in fr.faces]

@@ -121,6 +121,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def use_deterministic_kernels(device: torch.device, enabled: bool) -> None:
+    """Deterministic cuDNN and cuBLAS kernels on CUDA (cuDNN's fastest convolution
+    backward passes add in a varying order, so two identical runs drift apart in the
+    last bits and an exact resume is impossible). No effect on the CPU path."""
+    if device.type != "cuda" or not enabled:
+        return
+    # read when cuBLAS creates its handle, i.e. before the first matrix product
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def setup_logging(info: DistInfo, log_file: str | None = None) -> None:
     """INFO on rank 0 (console + file), warnings only on the other ranks."""
     level = logging.INFO if info.is_main else logging.WARNING

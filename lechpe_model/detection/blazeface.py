@@ -48,12 +48,20 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BLAZEFACE_MODELS = {
     "blazeface": ("blazeface_short_range.onnx", 128, (8, 16, 16, 16), True),
     "blazeface_full": ("blazeface_full_range.onnx", 192, (4,), False),
+    # full range fine-tuned by this project on occluded lechpe-synth scenes
+    # (training.detector_train; lechpe_model/assets/BLAZEFACE.md)
+    "blazeface_occluded": ("blazeface_full_occluded.onnx", 192, (4,), False),
 }
 #: name -> (crop_margin, crop_shift_y) turning the box into the training crop,
 #: measured on the astronaut photo (test_detection::test_detector_crop_matches_training_crop):
 #: short range's box spans brows to chin (wider margin, centre barely lower);
 #: full range's box starts higher on the forehead (like YuNet's).
-BLAZEFACE_CROP = {"blazeface": (0.23, 0.03), "blazeface_full": (0.15, 0.11)}
+#: blazeface_occluded was trained so that full range's constants give the training crop.
+BLAZEFACE_CROP = {
+    "blazeface": (0.23, 0.03),
+    "blazeface_full": (0.15, 0.11),
+    "blazeface_occluded": (0.15, 0.11),
+}
 #: logits are clipped to this magnitude before the sigmoid (MediaPipe's score_clipping_thresh)
 SCORE_CLIP = 100.0
 

@@ -775,27 +775,16 @@ ray_relative_angles = camera_to_ray_euler
 camera_angles_from_ray = ray_to_camera_euler
 
 
-def _render_identity_sample(
-    rng: np.random.Generator,
-    config: SceneConfig,
-    identity: int,
-    angles: tuple[float, float, float] | None,
-    background: np.ndarray | None,
-) -> SynthSample:
-    """One image of identity ``identity`` (see :mod:`training.synth.identity`)."""
-    from training.synth import degrade
-    from training.synth.identity import (
-        build_identity,
-        cavity_triangles,
-        expression_displacement,
-        expression_name,
-        sample_expression,
-    )
-    from training.synth.renderer import build_head_model, composite, render_head
+def identity_appearance(rng: np.random.Generator, config: SceneConfig, identity: int):
+    """Identity ``identity`` with a drawn expression and lights, ready for ``render_head``.
 
-    model = build_head_model(config.head, ears=True)
+    Returns ``(identity, expression dict, face vertices (V, 3) with the expression,
+    light dict, Appearance)``; ``render_head`` takes the vertices as ``face_vertices``
+    and ``identity.shape_scale`` as ``shape_scale``.
+    """
+    from training.synth.identity import build_identity, expression_displacement, sample_expression
+
     ident = build_identity(config.identity_seed, identity, config.identity_texture)
-    yaw, pitch, roll = config.poses.sample(rng) if angles is None else angles
     expr = sample_expression(rng, config.expression_prob)
     face = ident.face_vertices + expression_displacement(ident.face_vertices, **expr)
     light = sample_lights(rng, config)
@@ -808,6 +797,27 @@ def _render_identity_sample(
         head_rgb=ident.head_rgb if config.head else None,
         **light,
     )
+    return ident, expr, face, light, app
+
+
+def _render_identity_sample(
+    rng: np.random.Generator,
+    config: SceneConfig,
+    identity: int,
+    angles: tuple[float, float, float] | None,
+    background: np.ndarray | None,
+) -> SynthSample:
+    """One image of identity ``identity`` (see :mod:`training.synth.identity`)."""
+    from training.synth import degrade
+    from training.synth.identity import (
+        cavity_triangles,
+        expression_name,
+    )
+    from training.synth.renderer import build_head_model, composite, render_head
+
+    model = build_head_model(config.head, ears=True)
+    yaw, pitch, roll = config.poses.sample(rng) if angles is None else angles
+    ident, expr, face, light, app = identity_appearance(rng, config, identity)
     scale = ident.shape_scale
     face_width = float(np.ptp(face[:, 0])) * scale[0]
     if config.camera_model == "robot":

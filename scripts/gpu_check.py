@@ -8,7 +8,8 @@ recorded (status, numbers, the tail of its output) and the next one runs:
 2. ``install``: onnxruntime-gpu (same version as the locked onnxruntime), a
    CUDA torch when the installed one is CPU-only, TensorRT when pip can
    install it (the builder wheels usually cannot be: then the TensorRT steps
-   are skipped, saying why).
+   are skipped, saying why). The package index is probed first and each wheel
+   downloaded before anything is uninstalled: an offline machine keeps what it has.
 3. ``tensorrt_tests``: ``pytest test/test_tensorrt.py`` (engines build only
    with TensorRT + a GPU; the rest of the file runs everywhere).
 4. ``ort_cuda_parity``: the same exported model on ONNX Runtime CUDA and
@@ -17,8 +18,9 @@ recorded (status, numbers, the tail of its output) and the next one runs:
    fp32 and fp16 (TensorRT fp16/fp32, torch fp32 and fp16 autocast, ONNX
    Runtime CUDA fp32), plus ``lechpe-bench`` one-face pipeline rows.
 6. ``train_amp_resume``: tiny stage 1 + stage 2 on CUDA with AMP, then the
-   same run interrupted (``train.max_steps``) and ``--resume``d: weights must
-   match the uninterrupted run.
+   same run interrupted inside stage 2 (``train.max_steps``) and ``--resume``d:
+   the log must show the stop and the resume, and the weights must match the
+   uninterrupted run.
 7. ``ddp``: one ``torchrun`` training run (NCCL on GPUs; 2 processes when
    there are 2 GPUs, else 1).
 

@@ -217,12 +217,17 @@ def test_cli_fine_tunes_and_writes_a_loadable_detector(tmp_path):
                 "--no-progress",
                 "--save-every",
                 "1",
+                "--targets",
+                "teacher",
+                "--rotate-prob",
+                "0.5",
             ]
-        )  # fmt: skip
+        )
         == 0
     )
     record = json.loads((out / "train_record.json").read_text())
     assert record["steps"] == 2 and record["frames"] == 6 and record["log"][-1]["step"] == 2
+    assert record["targets"] == "teacher" and record["rotate_prob"] == 0.5
     assert (out / "detector_loss.png").stat().st_size > 1000
     detector = create_detector(
         "blazeface_full", model_path=out / "blazeface_full_occluded.onnx", score_threshold=0.0
@@ -254,3 +259,46 @@ def test_shipped_fine_tuned_detector_is_the_documented_file():
     # the same graph as full range: only weights differ
     a, b = onnx.load(str(path)), onnx.load(str(ASSETS / BLAZEFACE_MODELS["blazeface_full"][0]))
     assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+
+
+def test_teacher_fallback_box_is_full_ranges_mean_crop():
+    teacher = dt.TeacherBoxes()
+    landmarks = _frontal_landmarks(100.0, 90.0, 40.0)
+    (lo, hi), mean = teacher.bins[0]
+    assert lo == 0.0  # the |yaw| 0-30 range
+    box = teacher.mapped_box(landmarks, yaw=-10.0)
+    margin, shift = BLAZEFACE_CROP["blazeface_full"]
+    crop = pp.expand_box(box, margin, shift_y=shift)
+    lm_box = pp.box_from_landmarks(landmarks)
+    side = float(max(lm_box[2] - lm_box[0], lm_box[3] - lm_box[1]))
+    # yaw < 0: dx (toward the side the face turns to) is mirrored
+    expected_cx = (lm_box[0] + lm_box[2]) / 2 - mean["dx"] * side
+    expected_cy = (lm_box[1] + lm_box[3]) / 2 + mean["dy"] * side
+    assert (crop[0] + crop[2]) / 2 == pytest.approx(expected_cx, abs=1e-3)
+    assert (crop[1] + crop[3]) / 2 == pytest.approx(expected_cy, abs=1e-3)
+    assert crop[2] - crop[0] == pytest.approx(side * 1.5 * np.exp(mean["log_scale"]), rel=1e-4)
+
+
+def test_teacher_targets_keep_the_boxes_width_and_height():
+    anchors = ssd_anchor_centres(192, (4,), False)
+    landmarks = _frontal_landmarks(96.0, 96.0, 40.0)
+    box = np.array([80.0, 70.0, 112.0, 110.0], np.float32)  # 32 x 40, not square
+    keypoints = np.arange(12, dtype=np.float32).reshape(6, 2) + 90.0
+    targets = dt.anchor_targets([landmarks], anchors, boxes=[(box, keypoints)])
+    positives = np.flatnonzero(targets["label"] == 1)
+    decoded, points = decode_boxes(targets["reg"][positives], anchors[positives], 192)
+    assert np.allclose(decoded, box, atol=1e-3) and np.allclose(points, keypoints, atol=1e-3)
+    assert np.all(targets["side"][positives] == 40.0)
+
+
+def test_clean_view_gets_the_same_geometry_and_no_photometric_change():
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[:, :80] = 200  # left half bright
+    clean = image.copy()
+    image[50:70, 20:40] = 30  # an "occluder" on the student image only
+    frame = dt.Frame(image=image, clean=clean)
+    view = dt.augment_view(frame, np.random.default_rng(0), zoom_prob=0, mirror_prob=1)
+    # mirrored: the bright half is now on the right of both views (rows 144+: padding)
+    assert view.clean_rgb[:144, 150:].min() == 200 and view.clean_rgb[:144, :40].max() == 0
+    assert (view.clean_rgb[55:80, 145:165] == 200).all()  # no occluder on the clean view
+    assert not np.array_equal(view.rgb, view.clean_rgb)  # the student's view is jittered

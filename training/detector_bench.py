@@ -92,6 +92,7 @@ class TrueFace:
     occluder: str  #: "none" or the occluder type
     coverage: float
     landmarks: np.ndarray | None = None  #: (68, 2) pixels
+    yaw: float = 0.0  #: degrees (camera frame)
 
 
 @dataclass
@@ -99,6 +100,7 @@ class Frame:
     image: np.ndarray  #: BGR
     faces: list[TrueFace] = field(default_factory=list)
     kind: str = "faces"  #: faces | texture | photo | back of head
+    clean: np.ndarray | None = None  #: BGR before the occluders (occluded frames)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -195,9 +197,11 @@ def render_frame(
         yaw, pitch, roll = rng.uniform(-60, 60), rng.normal(0, 12), rng.normal(0, 8)
         result = render_head(model, appearance, yaw, pitch, roll, t, camera, **extra)
         image = composite(result, image)
-        rendered.append(result)
+        rendered.append((result, float(yaw)))
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    for result in rendered:
+    if occluded:
+        frame.clean = bgr.copy()
+    for result, yaw in rendered:
         lm_box = pp.box_from_landmarks(result.landmarks)
         occluder, coverage = "none", 0.0
         if occluded:
@@ -210,6 +214,7 @@ def render_frame(
                 occluder=occluder,
                 coverage=float(coverage),
                 landmarks=np.asarray(result.landmarks, np.float32)[:, :2],
+                yaw=yaw,
             )
         )
     # faces that are more than half hidden by a nearer head are not counted

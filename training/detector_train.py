@@ -7,8 +7,8 @@ unoccluded photos; LEC-HPE is for faces behind hands, masks and sunglasses.
 What: full frames rendered like the detector benchmark's
 (:func:`training.detector_bench.render_frame`: 1-3 people, faces 40-300 px,
 half of the face frames with one occluder per face, every occluder type, 0-60 %
-of the face box; a fifth of the frames face-free: textures, photos, heads from
-behind), but with the people drawn from lechpe-synth *identities* (training ids
+of the face box; ``--free-fraction`` of the frames (default a quarter)
+face-free: textures, photos, heads from behind), but with the people drawn from lechpe-synth *identities* (training ids
 0-799 by default; the benchmark can be run on held-out ids 900-999).
 
 Targets, per face, in the detector's 192 x 192 letterboxed input:
@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -66,6 +67,9 @@ POSITIVE_RADIUS = 0.08
 IGNORE_RADIUS = 0.3
 #: faces narrower than this (68-landmark box, input px) are neither positive nor negative
 MIN_FACE_PX = 5.0
+DEFAULT_BOX_STATS = (
+    Path(__file__).resolve().parent.parent / "docs/results/blazeface_full_box_stats_val.json"
+)
 TRAIN_IDENTITIES = range(0, 800)
 VAL_IDENTITIES = range(800, 900)
 #: BlazeFace keypoint order (the person's right/left) as 68-landmark index groups
@@ -101,9 +105,16 @@ def keypoints_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
 
 
 def anchor_targets(
-    faces: list[np.ndarray], anchors: np.ndarray, input_size: int = INPUT
+    faces: list[np.ndarray],
+    anchors: np.ndarray,
+    input_size: int = INPUT,
+    boxes: list | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-anchor training targets for the faces' 68 landmarks (input pixels).
+
+    ``boxes``: per face ``(box (4,), keypoints (6, 2))`` to learn instead of
+    :func:`target_box` and :func:`keypoints_from_landmarks` (e.g. the shipped
+    detector's own box on the clean face, :class:`TeacherBoxes`).
 
     Returns ``label`` (N,) 1 positive / 0 negative / -1 ignored, ``reg`` (N, 16)
     BlazeFace regressor targets (box centre offset from the anchor, box side twice,
@@ -115,9 +126,14 @@ def anchor_targets(
     reg = np.zeros((n, 16), np.float32)
     side_out = np.ones(n, np.float32)
     best = np.full(n, np.inf, np.float32)  # distance to the face an anchor is positive for
-    for landmarks in faces:
-        box = target_box(landmarks)
-        side = float(box[2] - box[0])
+    for index, landmarks in enumerate(faces):
+        if boxes is not None:
+            box, keypoints = boxes[index]
+        else:
+            box, keypoints = target_box(landmarks), keypoints_from_landmarks(landmarks)
+        box = np.asarray(box, np.float32)
+        size = box[2:4] - box[0:2]  # width, height (a teacher's box need not be square)
+        side = float(size.max())
         crop_side = side * (1.0 + 2.0 * BLAZEFACE_CROP[VARIANT][0])
         centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float32)
         offset = np.abs(centres - centre)
@@ -135,10 +151,11 @@ def anchor_targets(
         label[inside & (label == 0)] = -1
         label[take] = 1
         best[take] = distance[take]
-        keypoints = keypoints_from_landmarks(landmarks)
         reg[take, 0:2] = centre - centres[take]
-        reg[take, 2:4] = side
-        reg[take, 4:] = (keypoints[None] - centres[take][:, None, :]).reshape(-1, 12)
+        reg[take, 2:4] = size
+        reg[take, 4:] = (
+            np.asarray(keypoints, np.float32)[None] - centres[take][:, None, :]
+        ).reshape(-1, 12)
         side_out[take] = side
     return {"label": label, "reg": reg, "side": side_out}
 
@@ -197,7 +214,17 @@ def render_training_frames(
     return frames
 
 
-def augment_frame(
+@dataclass
+class View:
+    """One augmented training view of a frame (see :func:`augment_view`)."""
+
+    rgb: np.ndarray  #: input_size x input_size RGB uint8, what the student sees
+    faces: list[np.ndarray]  #: 68 landmarks per face, view pixels
+    yaws: list[float]  #: per face, sign flipped by a mirror
+    clean_rgb: np.ndarray  #: the same view before occluders and photometric changes
+
+
+def augment_view(
     frame: Frame,
     rng: np.random.Generator,
     input_size: int = INPUT,
@@ -206,53 +233,66 @@ def augment_frame(
     photometric: bool = True,
     rotate_prob: float = 0.0,
     rotate_max_deg: float = 45.0,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """A random view of ``frame`` letterboxed to ``input_size``: (RGB uint8, landmarks list).
+) -> View:
+    """A random view of ``frame`` letterboxed to ``input_size``.
 
     Half the views zoom into a random window (40-100 % of the frame), half are
     mirrored, ``rotate_prob`` of them turn in the image plane (up to
     ``rotate_max_deg`` either way, about the picture's centre; the landmarks turn
     with it and the target box is the upright box around them, as the pose
     network's crop of a tilted head is); brightness, contrast, grey, blur, noise
-    and JPEG vary.
+    and JPEG vary. The frame's clean image (before the occluders) gets the same
+    geometry and no photometric change (``View.clean_rgb``, for a teacher).
     """
-    image = frame.image
-    faces = [f.landmarks.astype(np.float32) for f in frame.faces if f.landmarks is not None]
-    h, w = image.shape[:2]
+    images = [frame.image, frame.clean if frame.clean is not None else frame.image]
+    kept = [f for f in frame.faces if f.landmarks is not None]
+    faces = [f.landmarks.astype(np.float32) for f in kept]
+    yaws = [float(f.yaw) for f in kept]
+    h, w = images[0].shape[:2]
     if rng.random() < zoom_prob:
         scale = rng.uniform(0.4, 1.0)
         cw, ch = int(w * scale), int(h * scale)
         x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        image = image[y0 : y0 + ch, x0 : x0 + cw]
+        images = [im[y0 : y0 + ch, x0 : x0 + cw] for im in images]
         faces = [lm - np.array([x0, y0], np.float32) for lm in faces]
         h, w = ch, cw
-    square, factor = letterbox(np.ascontiguousarray(image), input_size)
+    squares = []
+    for im in images:
+        square, factor = letterbox(np.ascontiguousarray(im), input_size)
+        squares.append(square)
     faces = [lm * factor for lm in faces]
+    new_w = min(int(round(w * factor)), input_size)
+    new_h = min(int(round(h * factor)), input_size)
     # faces whose centre left the window are cut: they stay, the loss ignores tiny ones
     if rng.random() < mirror_prob:
-        square = square[:, ::-1].copy()
-        new_w = min(int(round(w * factor)), input_size)
         # letterbox pads right: mirror the content, keep the padding on the right
-        square = np.concatenate(
-            [square[:, input_size - new_w :], square[:, : input_size - new_w]], 1
-        )
+        squares = [
+            np.concatenate(
+                [sq[:, ::-1][:, input_size - new_w :], sq[:, ::-1][:, : input_size - new_w]], 1
+            )
+            for sq in squares
+        ]
         flipped = []
         for lm in faces:
             out = lm.copy()
             out[:, 0] = new_w - lm[:, 0]
             flipped.append(out[_MIRROR_68])
         faces = flipped
+        yaws = [-y for y in yaws]
     if rotate_prob and rng.random() < rotate_prob:
-        new_w = min(int(round(w * factor)), input_size)
-        new_h = min(int(round(h * factor)), input_size)
         angle = float(rng.uniform(-rotate_max_deg, rotate_max_deg))
         matrix = cv2.getRotationMatrix2D((new_w / 2.0, new_h / 2.0), angle, 1.0)
-        square = cv2.warpAffine(
-            square, matrix, (input_size, input_size), flags=cv2.INTER_LINEAR, borderValue=0
-        )
+        squares = [
+            cv2.warpAffine(
+                sq, matrix, (input_size, input_size), flags=cv2.INTER_LINEAR, borderValue=0
+            )
+            for sq in squares
+        ]
         faces = [(lm @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32) for lm in faces]
+    square, clean = squares
+    clean_rgb = cv2.cvtColor(clean, cv2.COLOR_BGR2RGB)
     if not photometric:
-        return cv2.cvtColor(square, cv2.COLOR_BGR2RGB), faces
+        return View(cv2.cvtColor(square, cv2.COLOR_BGR2RGB), faces, yaws, clean_rgb)
     img = square.astype(np.float32)
     img = (img - 127.5) * rng.uniform(0.7, 1.3) + 127.5 + rng.uniform(-30, 30)
     if rng.random() < 0.1:
@@ -265,7 +305,13 @@ def augment_frame(
     if rng.random() < 0.3:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
         out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), faces
+    return View(cv2.cvtColor(out, cv2.COLOR_BGR2RGB), faces, yaws, clean_rgb)
+
+
+def augment_frame(frame: Frame, rng: np.random.Generator, **options) -> tuple[np.ndarray, list]:
+    """:func:`augment_view`'s student image and landmarks."""
+    view = augment_view(frame, rng, **options)
+    return view.rgb, view.faces
 
 
 def _mirror_68() -> np.ndarray:
@@ -285,6 +331,77 @@ def _mirror_68() -> np.ndarray:
 _MIRROR_68 = _mirror_68()
 
 
+class TeacherBoxes:
+    """The shipped full range's own box for each face, found on the clean view.
+
+    With these targets (``--targets teacher``) the student learns to give an
+    occluded face the box the shipped detector gives its clean copy: occlusion
+    robustness without moving the box convention, which the shipped detector
+    learnt on real photos. A face the teacher misses on the clean view (small,
+    turned away) gets the box its statistics predict from the landmarks (mean
+    offset and size of full range's crops by |yaw| range,
+    ``docs/results/blazeface_full_box_stats_val.json``) and the landmarks'
+    keypoints. The detector is made in each worker process on first use.
+    """
+
+    def __init__(self, stats_path: str | Path | None = None, threshold: float = 0.3) -> None:
+        path = Path(stats_path) if stats_path else DEFAULT_BOX_STATS
+        stats = json.loads(path.read_text(encoding="utf-8"))
+        self.bins = [(b["yaw_range"], b["mean"]) for b in stats["bins"]]
+        self.threshold = threshold
+        self._detector = None
+
+    def mapped_box(self, landmarks: np.ndarray, yaw: float) -> np.ndarray:
+        """Full range's expected box for a face (its statistics' mean crop, inverted)."""
+        from lechpe_model.detection.combined import box_from_crop
+
+        lm_box = pp.box_from_landmarks(landmarks)
+        side = float(max(lm_box[2] - lm_box[0], lm_box[3] - lm_box[1]))
+        mean = self.bins[-1][1]
+        for (lo, hi), values in self.bins:
+            if lo <= abs(yaw) < hi:
+                mean = values
+                break
+        sign = -1.0 if yaw < 0 else 1.0
+        cx = 0.5 * (lm_box[0] + lm_box[2]) + mean["dx"] * sign * side
+        cy = 0.5 * (lm_box[1] + lm_box[3]) + mean["dy"] * side
+        crop_side = side * (1.0 + 2.0 * pp.TEST_MARGIN) * math.exp(mean["log_scale"])
+        crop = np.array(
+            [cx - crop_side / 2, cy - crop_side / 2, cx + crop_side / 2, cy + crop_side / 2]
+        )
+        margin, shift = BLAZEFACE_CROP[VARIANT]
+        return box_from_crop(crop, margin, shift)
+
+    def __call__(self, view: View) -> list[tuple[np.ndarray, np.ndarray]]:
+        from lechpe_model.detection import create_detector
+        from training.detector_bench import box_iou
+
+        if self._detector is None:
+            self._detector = create_detector(VARIANT, score_threshold=self.threshold)
+        margin, shift = BLAZEFACE_CROP[VARIANT]
+        found = self._detector.detect(cv2.cvtColor(view.clean_rgb, cv2.COLOR_RGB2BGR))
+        crops = [pp.expand_box(d.box, margin, shift_y=shift) for d in found]
+        truths = [pp.expand_box(pp.box_from_landmarks(lm), pp.TEST_MARGIN) for lm in view.faces]
+        pairs = sorted(
+            ((box_iou(c, t), i, j) for i, c in enumerate(crops) for j, t in enumerate(truths)),
+            reverse=True,
+        )
+        match: dict[int, int] = {}
+        used = set()
+        for value, i, j in pairs:
+            if value >= 0.4 and i not in used and j not in match:
+                used.add(i)
+                match[j] = i
+        out = []
+        for j, (landmarks, yaw) in enumerate(zip(view.faces, view.yaws, strict=True)):
+            if j in match:
+                d = found[match[j]]
+                out.append((np.asarray(d.box, np.float32), np.asarray(d.landmarks, np.float32)))
+            else:
+                out.append((self.mapped_box(landmarks, yaw), keypoints_from_landmarks(landmarks)))
+        return out
+
+
 class DetectorTrainingSet(Dataset):
     """Augmented views of rendered frames with their anchor targets (seeded per item)."""
 
@@ -295,8 +412,10 @@ class DetectorTrainingSet(Dataset):
         views_per_epoch: int | None = None,
         rotate_prob: float = 0.0,
         rotate_max_deg: float = 45.0,
+        teacher: TeacherBoxes | None = None,
     ) -> None:
         self.frames = frames
+        self.teacher = teacher
         self.rotate = {"rotate_prob": rotate_prob, "rotate_max_deg": rotate_max_deg}
         self.seed = seed
         self.length = views_per_epoch or len(frames)
@@ -309,9 +428,10 @@ class DetectorTrainingSet(Dataset):
     def __getitem__(self, index: int):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         frame = self.frames[int(rng.integers(len(self.frames)))]
-        rgb, faces = augment_frame(frame, rng, **self.rotate)
-        targets = anchor_targets(faces, self.anchors)
-        x = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)
+        view = augment_view(frame, rng, **self.rotate)
+        boxes = self.teacher(view) if self.teacher is not None else None
+        targets = anchor_targets(view.faces, self.anchors, boxes=boxes)
+        x = torch.from_numpy(view.rgb.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0)
         return x, {k: torch.from_numpy(v) for k, v in targets.items()}
 
 
@@ -370,6 +490,7 @@ def train(args) -> dict:
         views_per_epoch=args.batch_size * 200,
         rotate_prob=args.rotate_prob,
         rotate_max_deg=args.rotate_max_deg,
+        teacher=TeacherBoxes() if args.targets == "teacher" else None,
     )
     loader_kwargs = dict(batch_size=args.batch_size, shuffle=False, drop_last=True)
     if args.loader_workers > 0:
@@ -435,6 +556,7 @@ def train(args) -> dict:
         "frames": args.frames,
         "seed": args.seed,
         "batch_size": args.batch_size,
+        "targets": args.targets,
         "rotate_prob": args.rotate_prob,
         "rotate_max_deg": args.rotate_max_deg,
         "free_fraction": args.free_fraction,
@@ -515,6 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rotate-prob", type=float, default=0.5, help="share of views turned in the image plane"
     )
     parser.add_argument("--rotate-max-deg", type=float, default=45.0, help="largest turn")
+    parser.add_argument(
+        "--targets",
+        choices=("landmarks", "teacher"),
+        default="landmarks",
+        help="boxes to learn: the training crop of the landmarks (the shipped file), or "
+        "the shipped full range's own box on the clean copy of each face (TeacherBoxes)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")

@@ -196,6 +196,8 @@ def test_training_frames_are_a_function_of_the_seed():
         assert np.array_equal(fa.image, fb.image)
         assert len(fa.faces) == len(fb.faces)
     assert max(f.image.shape[1] for f in a) <= dt.STORED_SIDE
+    for frame in a:  # an occluded frame keeps its clean image at the same size
+        assert frame.clean is None or frame.clean.shape == frame.image.shape
 
 
 @pytest.mark.slow

@@ -174,6 +174,8 @@ def _render_one(job) -> Frame:
     if factor < 1:  # memory: thousands of frames are held for training
         size = (int(round(width * factor)), int(round(height * factor)))
         frame.image = cv2.resize(frame.image, size, interpolation=cv2.INTER_AREA)
+        if frame.clean is not None:  # the teacher's view must match the student's pixel for pixel
+            frame.clean = cv2.resize(frame.clean, size, interpolation=cv2.INTER_AREA)
         for face in frame.faces:
             face.landmarks = face.landmarks * factor
             face.crop = face.crop * factor

@@ -144,12 +144,13 @@ def test_mirrored_view_moves_landmarks_with_the_pixels():
     frame.image[58:63, 30:35] = 255
     face = TrueFace(np.zeros(4), 30.0, "none", 0.0, landmarks=landmarks)
     frame.faces.append(face)
-    rgb, faces = dt.augment_frame(
+    view = dt.augment_view(
         frame, np.random.default_rng(0), zoom_prob=0, mirror_prob=1, photometric=False
     )
-    plain, _ = dt.augment_frame(
+    rgb, faces = view.rgb, view.faces
+    plain = dt.augment_view(
         frame, np.random.default_rng(0), zoom_prob=0, mirror_prob=0, photometric=False
-    )
+    ).rgb
     assert np.array_equal(rgb, plain[:, ::-1])  # 160 x 120 fills the 192 px width: no padding
     # the mirrored person's right jaw (index 0) is the old left one (16) and vice versa
     x, y = faces[0][16]
@@ -166,10 +167,11 @@ def test_turned_view_turns_the_landmarks_with_the_pixels():
     frame.faces.append(TrueFace(np.zeros(4), 40.0, "none", 0.0, landmarks=landmarks))
     turned = set()
     for seed in range(6):
-        rgb, faces = dt.augment_frame(
+        view = dt.augment_view(
             frame, np.random.default_rng(seed), zoom_prob=0, mirror_prob=0,
             photometric=False, rotate_prob=1.0, rotate_max_deg=45,
         )  # fmt: skip
+        rgb, faces = view.rgb, view.faces
         x, y = faces[0][30]
         assert rgb[int(round(y)), int(round(x))].min() > 200, seed
         # rotation about the picture's centre keeps distances to it
@@ -183,9 +185,9 @@ def test_turned_view_turns_the_landmarks_with_the_pixels():
 
 def test_mirrored_letterbox_keeps_its_padding_on_the_right():
     frame = dt.Frame(image=np.full((200, 100, 3), 255, np.uint8))  # tall: padded on the right
-    rgb, _ = dt.augment_frame(
+    rgb = dt.augment_view(
         frame, np.random.default_rng(0), zoom_prob=0, mirror_prob=1, photometric=False
-    )
+    ).rgb
     assert rgb[:, :96].min() == 255 and rgb[:, 97:].max() == 0
 
 
@@ -266,8 +268,9 @@ def test_shipped_fine_tuned_detector_is_the_documented_file():
 def test_teacher_fallback_box_is_full_ranges_mean_crop():
     teacher = dt.TeacherBoxes()
     landmarks = _frontal_landmarks(100.0, 90.0, 40.0)
-    (lo, hi), mean = teacher.bins[0]
-    assert lo == 0.0  # the |yaw| 0-30 range
+    first = json.loads(dt.DEFAULT_BOX_STATS.read_text())["bins"][0]
+    assert first["yaw_range"][0] == 0.0  # the |yaw| 0-30 range
+    mean = first["mean"]
     box = teacher.mapped_box(landmarks, yaw=-10.0)
     margin, shift = BLAZEFACE_CROP["blazeface_full"]
     crop = pp.expand_box(box, margin, shift_y=shift)

@@ -111,6 +111,22 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def match_crops(crops, truths, min_iou: float = MATCH_IOU) -> dict[int, tuple[float, int]]:
+    """Greedy one-to-one matching, best IoU first: ``{truth index: (IoU, crop index)}``
+    for the pairs with IoU >= ``min_iou``."""
+    pairs = sorted(
+        ((box_iou(c, t), i, j) for i, c in enumerate(crops) for j, t in enumerate(truths)),
+        reverse=True,
+    )
+    used, matched = set(), {}
+    for value, i, j in pairs:
+        if value < min_iou or i in used or j in matched:
+            continue
+        used.add(i)
+        matched[j] = (value, i)
+    return matched
+
+
 def _place_heads(rng, camera, count: int, face_cm: float) -> list[tuple[float, np.ndarray]]:
     """Non-overlapping head positions: (face width px, t cm), far first."""
     placed: list[tuple[float, float, float]] = []
@@ -134,7 +150,7 @@ def _place_heads(rng, camera, count: int, face_cm: float) -> list[tuple[float, n
     return sorted(out, key=lambda item: -item[1][2])
 
 
-def _head(rng, model, identities, config):
+def _head(rng, identities, config):
     """``render_head`` appearance and keyword arguments of one person.
 
     Without ``identities``: the astronaut-photo variations of
@@ -183,7 +199,7 @@ def render_frame(
                     break
         if kind == "back of head":
             for _width_px, t in _place_heads(rng, camera, int(rng.integers(1, 4)), 14.0):
-                appearance, extra = _head(rng, model, identities, config)
+                appearance, extra = _head(rng, identities, config)
                 yaw = float(rng.uniform(150, 210)) * (1 if rng.random() < 0.5 else -1)
                 result = render_head(
                     model, appearance, yaw, rng.normal(0, 10), 0.0, t, camera, **extra
@@ -193,7 +209,7 @@ def render_frame(
         return frame
     rendered = []
     for _width_px, t in _place_heads(rng, camera, people, model.face.width_cm):
-        appearance, extra = _head(rng, model, identities, config)
+        appearance, extra = _head(rng, identities, config)
         yaw, pitch, roll = rng.uniform(-60, 60), rng.normal(0, 12), rng.normal(0, 8)
         result = render_head(model, appearance, yaw, pitch, roll, t, camera, **extra)
         image = composite(result, image)
@@ -263,21 +279,7 @@ def evaluate(detector, frames: list[Frame]) -> dict:
         if frame.kind != "faces":
             false_counts.append(len(detections))
             continue
-        pairs = sorted(
-            (
-                (box_iou(crop, face.crop), i, j)
-                for i, crop in enumerate(crops)
-                for j, face in enumerate(frame.faces)
-            ),
-            reverse=True,
-        )
-        used_d, used_f, matched = set(), set(), {}
-        for value, i, j in pairs:
-            if value < MATCH_IOU or i in used_d or j in used_f:
-                continue
-            used_d.add(i)
-            used_f.add(j)
-            matched[j] = (value, i)
+        matched = match_crops(crops, [face.crop for face in frame.faces])
         for j, face in enumerate(frame.faces):
             hit = j in matched
             if hit:

@@ -197,14 +197,23 @@ class DetectorBoxSampler:
         if self.prob < 1.0 and rng.random() >= self.prob:
             return np.asarray(sample.box, np.float32)
         b = yaw_bin(sample.angles[0])
-        dx, dy, log_scale = rng.multivariate_normal(self.means[b], self.covs[b])
-        x1, y1, x2, y2 = (float(v) for v in sample.box)
-        side = max(x2 - x1, y2 - y1)
-        sign = -1.0 if sample.angles[0] < 0 else 1.0
-        cx = 0.5 * (x1 + x2) + dx * side * sign
-        cy = 0.5 * (y1 + y2) + dy * side
-        half = 0.5 * side * math.exp(log_scale)
-        return np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
+        offsets = rng.multivariate_normal(self.means[b], self.covs[b])
+        return _offset_box(sample.box, sample.angles[0], *offsets)
+
+    def mean_box(self, landmark_box, yaw: float) -> np.ndarray:
+        """The landmark-equivalent box of the detector's *mean* crop for this face."""
+        return _offset_box(landmark_box, yaw, *self.means[yaw_bin(yaw)])
+
+
+def _offset_box(landmark_box, yaw: float, dx: float, dy: float, log_scale: float) -> np.ndarray:
+    """Landmark-equivalent box moved and scaled by ``box_offsets``-style offsets."""
+    x1, y1, x2, y2 = (float(v) for v in landmark_box)
+    side = max(x2 - x1, y2 - y1)
+    sign = -1.0 if yaw < 0 else 1.0
+    cx = 0.5 * (x1 + x2) + dx * side * sign
+    cy = 0.5 * (y1 + y2) + dy * side
+    half = 0.5 * side * math.exp(log_scale)
+    return np.array([cx - half, cy - half, cx + half, cy + half], np.float32)
 
 
 def detector_crop_samples(samples, detector) -> tuple[list, list]:

@@ -57,7 +57,9 @@ from lechpe_model.detection.blazeface import (
     letterbox,
     ssd_anchor_centres,
 )
-from training.detector_bench import Frame, render_frame
+from lechpe_model.detection.combined import box_from_crop
+from training.detector_bench import Frame, match_crops, render_frame
+from training.detector_boxes import DetectorBoxSampler
 
 VARIANT = "blazeface_full"
 INPUT = BLAZEFACE_MODELS[VARIANT][1]
@@ -310,12 +312,6 @@ def augment_view(
     return View(cv2.cvtColor(out, cv2.COLOR_BGR2RGB), faces, yaws, clean_rgb)
 
 
-def augment_frame(frame: Frame, rng: np.random.Generator, **options) -> tuple[np.ndarray, list]:
-    """:func:`augment_view`'s student image and landmarks."""
-    view = augment_view(frame, rng, **options)
-    return view.rgb, view.faces
-
-
 def _mirror_68() -> np.ndarray:
     """Index map of the 68-landmark scheme under a horizontal flip."""
     pairs = [(i, 16 - i) for i in range(17)]
@@ -347,36 +343,17 @@ class TeacherBoxes:
     """
 
     def __init__(self, stats_path: str | Path | None = None, threshold: float = 0.3) -> None:
-        path = Path(stats_path) if stats_path else DEFAULT_BOX_STATS
-        stats = json.loads(path.read_text(encoding="utf-8"))
-        self.bins = [(b["yaw_range"], b["mean"]) for b in stats["bins"]]
+        self.boxes = DetectorBoxSampler.from_json(str(stats_path or DEFAULT_BOX_STATS))
         self.threshold = threshold
         self._detector = None
 
     def mapped_box(self, landmarks: np.ndarray, yaw: float) -> np.ndarray:
         """Full range's expected box for a face (its statistics' mean crop, inverted)."""
-        from lechpe_model.detection.combined import box_from_crop
-
-        lm_box = pp.box_from_landmarks(landmarks)
-        side = float(max(lm_box[2] - lm_box[0], lm_box[3] - lm_box[1]))
-        mean = self.bins[-1][1]
-        for (lo, hi), values in self.bins:
-            if lo <= abs(yaw) < hi:
-                mean = values
-                break
-        sign = -1.0 if yaw < 0 else 1.0
-        cx = 0.5 * (lm_box[0] + lm_box[2]) + mean["dx"] * sign * side
-        cy = 0.5 * (lm_box[1] + lm_box[3]) + mean["dy"] * side
-        crop_side = side * (1.0 + 2.0 * pp.TEST_MARGIN) * math.exp(mean["log_scale"])
-        crop = np.array(
-            [cx - crop_side / 2, cy - crop_side / 2, cx + crop_side / 2, cy + crop_side / 2]
-        )
-        margin, shift = BLAZEFACE_CROP[VARIANT]
-        return box_from_crop(crop, margin, shift)
+        mean = self.boxes.mean_box(pp.box_from_landmarks(landmarks), yaw)
+        return box_from_crop(pp.expand_box(mean, pp.TEST_MARGIN), *BLAZEFACE_CROP[VARIANT])
 
     def __call__(self, view: View) -> list[tuple[np.ndarray, np.ndarray]]:
         from lechpe_model.detection import create_detector
-        from training.detector_bench import box_iou
 
         if self._detector is None:
             self._detector = create_detector(VARIANT, score_threshold=self.threshold)
@@ -384,20 +361,11 @@ class TeacherBoxes:
         found = self._detector.detect(cv2.cvtColor(view.clean_rgb, cv2.COLOR_RGB2BGR))
         crops = [pp.expand_box(d.box, margin, shift_y=shift) for d in found]
         truths = [pp.expand_box(pp.box_from_landmarks(lm), pp.TEST_MARGIN) for lm in view.faces]
-        pairs = sorted(
-            ((box_iou(c, t), i, j) for i, c in enumerate(crops) for j, t in enumerate(truths)),
-            reverse=True,
-        )
-        match: dict[int, int] = {}
-        used = set()
-        for value, i, j in pairs:
-            if value >= 0.4 and i not in used and j not in match:
-                used.add(i)
-                match[j] = i
+        match = match_crops(crops, truths)
         out = []
         for j, (landmarks, yaw) in enumerate(zip(view.faces, view.yaws, strict=True)):
             if j in match:
-                d = found[match[j]]
+                d = found[match[j][1]]
                 out.append((np.asarray(d.box, np.float32), np.asarray(d.landmarks, np.float32)))
             else:
                 out.append((self.mapped_box(landmarks, yaw), keypoints_from_landmarks(landmarks)))

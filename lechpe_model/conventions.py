@@ -179,7 +179,7 @@ def rotate_in_image_plane(angles: np.ndarray, theta_deg) -> np.ndarray:
     angles = np.asarray(angles, dtype=np.float64)
     theta = np.broadcast_to(np.asarray(theta_deg, dtype=np.float64), angles.shape[:-1])
     matrix = euler_to_matrix(angles[..., 0], angles[..., 1], angles[..., 2])
-    turn = Rotation.from_euler("z", -theta.reshape(-1), degrees=True).as_matrix()
+    turn = Rotation.from_euler("z", -theta.reshape(-1, 1), degrees=True).as_matrix()
     turned = turn.reshape(theta.shape + (3, 3)) @ matrix
     return matrix_to_euler(turned)
 

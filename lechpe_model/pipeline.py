@@ -19,6 +19,15 @@ the detector's calibrated values (``FaceDetector.crop_margin``,
 ``crop_shift_y``), which make the crop match training's test-time crop of the
 landmark box (``preprocessing.TEST_MARGIN``).
 
+Tilted heads: the network is most accurate on upright faces and, on real
+photos, follows only part of an in-plane tilt. A face whose predicted |roll|
+exceeds ``derotate_above_deg`` (default 15) and 1.5 of its published roll
+uncertainty (``DEROTATE_MIN_SIGMAS``) is cropped again from the frame
+turned upright about the crop centre (``preprocessing.rotated_crop``), the
+network runs on that crop, and its answer is turned back exactly
+(``conventions.rotate_in_image_plane``): a second, batched network call for the
+tilted faces only. ``FacePose.turned_deg`` says by how much the crop was turned.
+
 Confidence: ``1 - H(q) / log K`` with ``q`` the soft cluster assignment and ``H``
 its entropy. A latent close to one learned centroid (a face like the training
 data, occluded or not) gives ~1; a latent far from every centroid, i.e. a crop
@@ -39,11 +48,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lechpe_model.backends import Backend
-from lechpe_model.conventions import ANGLE_NAMES
+from lechpe_model.backends import Backend, PoseOutputs
+from lechpe_model.conventions import ANGLE_NAMES, rotate_in_image_plane
 from lechpe_model.detection import FaceDetection, FaceDetector, keep_largest
 from lechpe_model.image_checks import DEFAULT_MAX_SIDE, InvalidImage, to_bgr8
-from lechpe_model.preprocessing import crop_face, expand_box, preprocess_crops
+from lechpe_model.preprocessing import crop_face, expand_box, preprocess_crops, rotated_crop
 from lechpe_model.tracking import FaceTracker
 from lechpe_model.uncertainty import calibrated_outputs_uncertainty
 
@@ -53,6 +62,14 @@ LOG = logging.getLogger(__name__)
 #: 0 in the library: frames of one stream may be unrelated photos (``lechpe-infer``
 #: on a folder), where a predicted face would be a ghost; the node sets 15.
 DEFAULT_TRACK_MAX_MISSES = 0
+#: Faces whose predicted |roll| exceeds this many degrees are re-cropped upright
+#: (``derotate_above_deg``; negative: never). Chosen on held-out identities and the
+#: real-photo consistency check (docs/RESULTS.md, "Tilted heads").
+DEFAULT_DEROTATE_ABOVE_DEG = 15.0
+#: ... and only when |roll| also exceeds this many of its own published roll
+#: uncertainties: an uncertain roll (often an occluded face) is no basis for turning
+#: the crop (on occluded held-out faces, turning on roll alone cost 0.2-0.4 deg).
+DEROTATE_MIN_SIGMAS = 1.5
 #: Stages reported in ``EstimateResult.timings_ms`` (decode only for encoded input).
 STAGES = ("decode", "detect", "preprocess", "network", "postprocess")
 
@@ -78,6 +95,8 @@ class FacePose:
         track_id: stable integer id of this face within its stream (``lechpe_model.tracking``).
         tracked: the box was predicted by the tracker (the detector missed the
             face, e.g. behind an occluder, or did not run on this frame).
+        turned_deg: clockwise turn (degrees) of the crop the pose was estimated
+            on; 0 unless the head was tilted past ``derotate_above_deg``.
     """
 
     box: np.ndarray
@@ -91,6 +110,7 @@ class FacePose:
     crop_box: np.ndarray | None = None
     track_id: int = -1
     tracked: bool = False
+    turned_deg: float = 0.0
 
     @property
     def yaw(self) -> float:
@@ -123,6 +143,7 @@ class FacePose:
         out["confidence"] = round(float(self.confidence), 4)
         out["track_id"] = int(self.track_id)
         out["tracked"] = bool(self.tracked)
+        out["turned_deg"] = round(float(self.turned_deg), 3)
         out["landmarks"] = (
             None if self.landmarks is None else [rounded(p) for p in np.asarray(self.landmarks)]
         )
@@ -152,6 +173,10 @@ class EstimateResult:
     dropped: int = 0
     reused_detections: bool = False
     tracked: int = 0
+
+
+class BackendFailure(RuntimeError):
+    """The backend raised on a batch (the message names the backend and the error)."""
 
 
 def confidence_from_assignment(q: np.ndarray) -> np.ndarray:
@@ -189,6 +214,9 @@ class PoseEstimator:
         track_min_confidence: a predicted (``tracked``) face whose network
             confidence is below this ends its track and is not reported (the
             network says the box holds no face any more); 0 disables.
+        derotate_above_deg: faces whose predicted |roll| exceeds this (and 1.5 of
+            its roll uncertainty) are estimated again on a crop turned upright
+            (module docstring); negative disables.
     """
 
     def __init__(
@@ -202,7 +230,13 @@ class PoseEstimator:
         detect_every: int = 1,
         track_max_misses: int = DEFAULT_TRACK_MAX_MISSES,
         track_min_confidence: float = 0.0,
+        derotate_above_deg: float = DEFAULT_DEROTATE_ABOVE_DEG,
     ) -> None:
+        if not math.isfinite(float(derotate_above_deg)):
+            raise ValueError(
+                f"derotate_above_deg must be a finite number, got {derotate_above_deg}"
+            )
+        self.derotate_above_deg = float(derotate_above_deg)
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if int(track_max_misses) < 0:
@@ -266,6 +300,71 @@ class PoseEstimator:
             result.error = f"pose estimation failed: {type(exc).__name__}: {exc}"
         return result
 
+    def infer_boxes(
+        self, bgr: np.ndarray, boxes: list[np.ndarray], timings: dict[str, float] | None = None
+    ) -> tuple[PoseOutputs, list[np.ndarray], np.ndarray]:
+        """The network's outputs for detector boxes of one BGR frame, with the upright
+        re-crop of tilted heads.
+
+        Returns ``(outputs, crop_boxes, turned_deg)``: ``outputs.uncertainty`` is the
+        published (calibrated) sigma; ``turned_deg`` ``(N,)`` the clockwise turn of
+        each face's final crop. Adds ``preprocess`` and ``network`` milliseconds to
+        ``timings``. Raises :class:`BackendFailure` if the backend fails.
+        """
+        timings = {} if timings is None else timings
+        start = time.perf_counter()
+        crop_boxes = [expand_box(b, self.margin, shift_y=self.shift_y) for b in boxes]
+        batch = preprocess_crops(
+            [crop_face(bgr, box) for box in crop_boxes], self.input_size, self.mean, self.std
+        )
+        timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - start) * 1e3
+        outputs = self._infer(batch, timings)
+        turned = np.zeros(len(crop_boxes))
+        if self.derotate_above_deg < 0 or not len(crop_boxes):
+            return outputs, crop_boxes, turned
+        roll = outputs.angles[:, 2].astype(np.float64)
+        finite = np.isfinite(outputs.angles).all(axis=1)  # non-finite rows are dropped later
+        sure = np.abs(roll) > DEROTATE_MIN_SIGMAS * outputs.uncertainty[:, 2]
+        tilted = np.flatnonzero(finite & sure & (np.abs(roll) > self.derotate_above_deg))
+        if not tilted.size:
+            return outputs, crop_boxes, turned
+        # own the first call's arrays: a backend may reuse its output buffers
+        outputs = PoseOutputs(
+            outputs.angles.copy(), outputs.uncertainty.copy(), outputs.assignment.copy()
+        )
+        start = time.perf_counter()
+        # turning the frame clockwise by -roll makes the head upright
+        batch = preprocess_crops(
+            [rotated_crop(bgr, crop_boxes[i], -roll[i]) for i in tilted],
+            self.input_size,
+            self.mean,
+            self.std,
+        )
+        timings["preprocess"] += (time.perf_counter() - start) * 1e3
+        upright = self._infer(batch, timings)
+        outputs.angles[tilted] = rotate_in_image_plane(upright.angles, roll[tilted]).astype(
+            outputs.angles.dtype
+        )
+        outputs.uncertainty[tilted] = upright.uncertainty
+        outputs.assignment[tilted] = upright.assignment
+        turned[tilted] = -roll[tilted]
+        return outputs, crop_boxes, turned
+
+    def _infer(self, batch: np.ndarray, timings: dict[str, float]) -> PoseOutputs:
+        """One backend call with the published sigma; its time added to ``network``."""
+        start = time.perf_counter()
+        try:
+            outputs = self.backend.infer(batch)  # all faces of the frame in one call
+            # Calibrated sigma from the metadata (raw softmax spread if none): same for all backends.
+            outputs.uncertainty = calibrated_outputs_uncertainty(outputs, self.backend.metadata)
+        except Exception as exc:
+            raise BackendFailure(
+                f"backend {self.backend.name} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            timings["network"] = timings.get("network", 0.0) + (time.perf_counter() - start) * 1e3
+        return outputs
+
     # ---------------------------------------------------------------- internal
     def _detect(self, bgr: np.ndarray, stream: object, result: EstimateResult):
         """This frame's faces: detections associated with the stream's tracks, or predictions."""
@@ -313,22 +412,12 @@ class PoseEstimator:
         faces = [f.detection for f in entries]
         timings["detect"] = (time.perf_counter() - start) * 1e3
 
-        start = time.perf_counter()
-        crop_boxes = [expand_box(d.box, self.margin, shift_y=self.shift_y) for d in faces]
-        crops = [crop_face(bgr, box) for box in crop_boxes]
-        batch = preprocess_crops(crops, self.input_size, self.mean, self.std)
-        timings["preprocess"] = check_ms + (time.perf_counter() - start) * 1e3
-
-        start = time.perf_counter()
+        timings["preprocess"] = check_ms
         try:
-            outputs = self.backend.infer(batch)  # all faces of the frame in one call
-            # Calibrated sigma from the metadata (raw softmax spread if none): same for all backends.
-            outputs.uncertainty = calibrated_outputs_uncertainty(outputs, self.backend.metadata)
-        except Exception as exc:
-            timings["network"] = (time.perf_counter() - start) * 1e3
-            result.error = f"backend {self.backend.name} failed: {type(exc).__name__}: {exc}"
+            outputs, crop_boxes, turned = self.infer_boxes(bgr, [d.box for d in faces], timings)
+        except BackendFailure as exc:
+            result.error = str(exc)
             return
-        timings["network"] = (time.perf_counter() - start) * 1e3
 
         start = time.perf_counter()
         finite = (
@@ -359,6 +448,7 @@ class PoseEstimator:
                     crop_box=crop_boxes[i],
                     track_id=entries[i].track_id,
                     tracked=entries[i].tracked,
+                    turned_deg=float(turned[i]),
                 )
             )
         bad = int((~finite).sum())

@@ -26,6 +26,9 @@ Crop geometry
    the box outside the frame are filled with a constant border (black,
    ``CROP_PAD_VALUE``) instead of shifting or shrinking the box, so a face at
    the frame edge keeps its position and scale inside the crop.
+   :func:`rotated_crop` cuts the same box from the image turned about the box
+   centre (training's in-plane rotation augmentation, and the runtime's
+   upright re-crop of tilted heads, ``PoseEstimator(derotate_above_deg=...)``).
 4. :func:`preprocess_crops` converts a list of uint8 BGR crops to the network
    input: BGR -> RGB, ``cv2.resize`` (``INTER_LINEAR``) to ``S x S``, ``/255``,
    ImageNet mean/std, NCHW float32. Training applies its augmentations to the
@@ -150,6 +153,45 @@ def crop_face(image: np.ndarray, box: np.ndarray, pad_value: int = CROP_PAD_VALU
     if iy2 > iy1 and ix2 > ix1:
         out[iy1 - y1 : iy2 - y1, ix1 - x1 : ix2 - x1] = inside
     return out
+
+
+def rotation_affine(box, theta_deg: float) -> np.ndarray:
+    """``(2, 3)`` affine: image pixel -> pixel of the crop of ``box`` rotated clockwise by theta.
+
+    The box is rounded like ``crop_face`` (integer corners); the rotation is
+    about the centre of the crop's pixel grid, so ``theta = 0`` is exactly
+    ``crop_face(image, box)``.  ``cv2.getRotationMatrix2D(centre, -theta, 1)``
+    turns the pixels clockwise as seen (OpenCV's positive angle is
+    counter-clockwise), the sense of ``conventions.rotate_in_image_plane``.
+    """
+    b = np.asarray(box, dtype=np.float64).reshape(4)
+    x1, y1 = int(round(b[0])), int(round(b[1]))
+    x2, y2 = max(int(round(b[2])), x1 + 1), max(int(round(b[3])), y1 + 1)
+    centre = (0.5 * (x1 + x2 - 1), 0.5 * (y1 + y2 - 1))
+    matrix = cv2.getRotationMatrix2D(centre, -float(theta_deg), 1.0)
+    matrix[:, 2] -= (x1, y1)
+    return matrix
+
+
+def rotated_crop(image: np.ndarray, box, theta_deg: float) -> np.ndarray:
+    """Crop of ``box`` from the image turned clockwise by ``theta_deg`` about the box centre.
+
+    Pixels from outside the image are ``CROP_PAD_VALUE`` (as ``crop_face``).
+    """
+    if float(theta_deg) == 0.0:
+        return crop_face(image, box)
+    b = np.asarray(box, dtype=np.float64).reshape(4)
+    x1, y1 = int(round(b[0])), int(round(b[1]))
+    w = max(int(round(b[2])), x1 + 1) - x1
+    h = max(int(round(b[3])), y1 + 1) - y1
+    return cv2.warpAffine(
+        image,
+        rotation_affine(box, theta_deg),
+        (w, h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(CROP_PAD_VALUE,) * 3,
+    )
 
 
 def preprocess_crops(

@@ -187,6 +187,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         range=(0.0, 1.0),
     ),
     ParamSpec(
+        "derotate_above_deg",
+        15.0,
+        "double",
+        "A face whose estimated |roll| exceeds this (and 1.5 of its roll uncertainty) is "
+        "estimated again on a crop turned upright, and the answer turned back exactly (a "
+        "second network call for tilted faces only); negative: off.",
+        range=(-1.0, 180.0),
+    ),
+    ParamSpec(
         "max_detection_side",
         0,
         "int",

@@ -97,6 +97,7 @@ def build_estimator(values: dict):
         detect_every=values["detect_every"],
         track_max_misses=values["track_max_misses"],
         track_min_confidence=values["track_min_confidence"],
+        derotate_above_deg=values["derotate_above_deg"],
     )
     try:  # first-call allocations / autotuning now, not on the first camera frame
         backend.warmup()

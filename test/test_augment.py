@@ -140,7 +140,7 @@ def test_rotation_then_mirror_labels_match_the_projected_head(angles, theta):
     """Landmarks moved by the crop's pixel affine (then mirrored) are the projection of
     the head posed with the transformed label: the exact composition, not roll + theta."""
     from lechpe_model.conventions import mirror_euler, rotate_in_image_plane
-    from training.augment import rotation_affine
+    from lechpe_model.preprocessing import rotation_affine
 
     points = np.random.default_rng(4).normal(size=(40, 3))
     centre, scale = np.array([103.0, 97.0]), 20.0
@@ -163,7 +163,7 @@ def test_rotation_then_mirror_labels_match_the_projected_head(angles, theta):
 
 
 def test_rotated_crop_moves_pixels_by_the_affine():
-    from training.augment import rotated_crop, rotation_affine
+    from lechpe_model.preprocessing import rotated_crop, rotation_affine
 
     image = np.zeros((160, 200, 3), np.uint8)
     spots = np.array([[90.0, 60.0], [130.0, 95.0], [70.0, 110.0]])
@@ -213,7 +213,7 @@ def test_rotation_draws_over_the_angle_limit_are_redrawn_and_counted():
 
 def test_train_item_is_the_rotated_crop_with_the_exact_label(samples):
     from lechpe_model.conventions import mirror_euler, rotate_in_image_plane
-    from training.augment import rotated_crop
+    from lechpe_model.preprocessing import rotated_crop
 
     for flip_prob in (0.0, 1.0):
         aug = AugmentConfig(flip_prob=flip_prob, blur_prob=0, resample_prob=0, rotate_prob=1.0)

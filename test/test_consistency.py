@@ -93,6 +93,10 @@ def test_image_path_rotates_clockwise_and_moves_the_box_exactly():
     assert s["fallback_boxes"] == 9
     means = [r["disagreement_mean"] for r in report["rows"][1:] if r["mirrors"] != 2]
     assert s["all"]["mean"] == pytest.approx(np.mean(means))
+    # one photo: its own row is the overall mean, and the markdown table names it
+    assert s["per_photo"]["bar"]["mean"] == pytest.approx(s["all"]["mean"])
+    assert s["per_photo"]["bar"]["n"] == 7
+    assert "| photo `bar`, all transforms |" in cons.consistency_markdown(report, "m")
 
 
 def test_consistency_cli_on_the_shipped_photos(tmp_path):
@@ -123,8 +127,8 @@ def test_consistency_cli_on_the_shipped_photos(tmp_path):
     )
     report = json.load(open(out / "consistency.json"))
     photos = {r["photo"] for r in report["rows"]}
-    assert photos == {"astronaut", "camera"}
+    assert photos == {"astronaut", "camera", "grace_hopper"} == set(cons.PHOTOS)
     # original, -30, +30, mirror, mirror-of-mirror per photo
-    assert len(report["rows"]) == 10
+    assert len(report["rows"]) == 15
     assert report["summary"]["harness_mirror_of_mirror"]["mean"] == pytest.approx(0.0, abs=1e-4)
     assert "| **all transforms** |" in open(out / "consistency.md").read()

@@ -244,6 +244,19 @@ def test_rotate_in_image_plane_frontal_is_roll_shift():
     np.testing.assert_allclose(out, [0.0, 0.0, 35.0], atol=1e-9)
 
 
+def test_rotate_in_image_plane_turns_each_row_by_its_own_angle():
+    """A batch with one angle per row equals the rows turned one by one (the runtime
+    turns every tilted face back by its own roll in one call)."""
+    from lechpe_model.conventions import rotate_in_image_plane
+
+    poses = np.array([[50.0, -20.0, 5.0], [-70.0, 15.0, -10.0], [0.0, 0.0, 0.0]])
+    thetas = np.array([30.0, -45.0, 12.0])
+    batch = rotate_in_image_plane(poses, thetas)
+    for pose, theta, row in zip(poses, thetas, batch, strict=True):
+        np.testing.assert_allclose(row, rotate_in_image_plane(pose, theta), atol=1e-9)
+    np.testing.assert_allclose(batch[2], [0.0, 0.0, 12.0], atol=1e-9)
+
+
 def test_rotate_in_image_plane_matches_projected_points():
     """A turned head's projected landmarks, rotated in the image, equal the projection
     of the head posed with the returned angles (orthographic camera, y up)."""

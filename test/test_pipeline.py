@@ -14,8 +14,13 @@ skimage_data = pytest.importorskip("skimage.data")
 from lechpe_model import preprocessing as pp  # noqa: E402
 from lechpe_model.backends import create_backend  # noqa: E402
 from lechpe_model.cli.bench import random_checkpoint  # noqa: E402
+from lechpe_model.conventions import rotate_in_image_plane  # noqa: E402
 from lechpe_model.detection import create_detector  # noqa: E402
-from lechpe_model.pipeline import PoseEstimator, confidence_from_assignment  # noqa: E402
+from lechpe_model.pipeline import (  # noqa: E402
+    DEROTATE_MIN_SIGMAS,
+    PoseEstimator,
+    confidence_from_assignment,
+)
 
 FACE_BOX = np.array([178, 63, 267, 175], dtype=np.float32)  # YuNet box of the astronaut
 
@@ -72,6 +77,17 @@ def test_astronaut_pose_matches_direct_composition(estimator, detector, backend,
     (det,) = detector.detect(astronaut)
     crop_box = pp.expand_box(det.box, detector.crop_margin, shift_y=detector.crop_shift_y)
     expected = backend.infer(pp.preprocess_crops([pp.crop_face(astronaut, crop_box)]))
+    roll = float(expected.angles[0, 2])
+    # tilted (past the threshold and 1.5 sigma of its own roll; this random model has no
+    # calibration, so sigma is the raw softmax spread): the upright crop, turned back
+    tilted = abs(roll) > estimator.derotate_above_deg and abs(roll) > (
+        DEROTATE_MIN_SIGMAS * float(expected.uncertainty[0, 2])
+    )
+    if tilted:
+        upright = backend.infer(pp.preprocess_crops([pp.rotated_crop(astronaut, crop_box, -roll)]))
+        expected.angles = rotate_in_image_plane(upright.angles, roll).astype(np.float32)
+        expected.uncertainty, expected.assignment = upright.uncertainty, upright.assignment
+    assert face.turned_deg == (-roll if tilted else 0.0)
     np.testing.assert_allclose(face.angles, expected.angles[0], atol=1e-4)
     np.testing.assert_allclose(face.uncertainty, expected.uncertainty[0], atol=1e-4)
     np.testing.assert_allclose(face.assignment, expected.assignment[0], atol=1e-6)
@@ -88,6 +104,73 @@ def test_astronaut_pose_matches_direct_composition(estimator, detector, backend,
     assert out["yaw"] == pytest.approx(float(face.angles[0]), abs=1e-3)
 
 
+def turned_photo(image: np.ndarray, centre, theta: float) -> np.ndarray:
+    """``image`` turned clockwise by ``theta`` about ``centre`` (reflected borders)."""
+    matrix = cv2.getRotationMatrix2D(centre, -theta, 1.0)
+    size = (image.shape[1], image.shape[0])
+    return cv2.warpAffine(image, matrix, size, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def test_tilted_faces_are_estimated_upright_and_turned_back(detector, astronaut):
+    """The embedded model on the astronaut turned by +-30/45 deg: the upright re-crop
+    follows the turn (exactly transformed original) better than the plain crop on
+    average, and equals the
+    independent composition: rotated_crop by -roll, network, rotate_in_image_plane."""
+    from lechpe_model.default_model import default_model_path
+
+    backend = create_backend("onnxruntime", default_model_path())  # the embedded model
+    plain = PoseEstimator(detector, backend, derotate_above_deg=-1)
+    counting = CountingBackend(backend)
+    upright = PoseEstimator(detector, counting)
+    original = plain.estimate(astronaut).faces[0]
+    assert abs(original.roll) < upright.derotate_above_deg  # upright photo: one call
+    assert upright.estimate(astronaut).faces[0].turned_deg == 0.0 and counting.calls == [1]
+    centre = tuple(float(v) for v in 0.5 * (original.box[:2] + original.box[2:]))
+    errors = {}
+    for theta in (-45.0, -30.0, 30.0, 45.0):
+        photo = turned_photo(astronaut, centre, theta)
+        truth = rotate_in_image_plane(original.angles, theta)
+        counting.calls.clear()
+        (face,) = upright.estimate(photo).faces
+        (first,) = plain.estimate(photo).faces
+        assert counting.calls == [1, 1] and face.turned_deg == pytest.approx(-first.roll)
+        meta = backend.metadata
+        crop = pp.rotated_crop(photo, face.crop_box, -first.roll)
+        again = backend.infer(
+            pp.preprocess_crops([crop], meta.input_size, tuple(meta.mean), tuple(meta.std))
+        )
+        np.testing.assert_allclose(
+            face.angles, rotate_in_image_plane(again.angles[0], first.roll), atol=1e-3
+        )
+        errors[theta] = (np.abs(face.angles - truth).mean(), np.abs(first.angles - truth).mean())
+    turned_back, plain_error = np.mean(list(errors.values()), axis=0)
+    assert turned_back < plain_error, errors
+    # an uncertain roll does not turn the crop: with the sigma gate out of reach, one call
+    import lechpe_model.pipeline as pipeline
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "DEROTATE_MIN_SIGMAS", 1e6)
+        counting.calls.clear()
+        (face,) = upright.estimate(photo).faces
+        assert counting.calls == [1] and face.turned_deg == 0.0
+
+
+def test_derotate_above_deg_is_checked_and_one_default(detector, backend):
+    from lechpe_model.cli.infer import build_parser
+    from lechpe_model.pipeline import DEFAULT_DEROTATE_ABOVE_DEG
+    from lechpe_ros.parameters import PARAMETERS, ParameterError, validate_value
+
+    with pytest.raises(ValueError, match="derotate_above_deg"):
+        PoseEstimator(detector, backend, derotate_above_deg=float("nan"))
+    # the node, lechpe-infer and the library share the default
+    node_default = next(p.default for p in PARAMETERS if p.name == "derotate_above_deg")
+    assert node_default == DEFAULT_DEROTATE_ABOVE_DEG
+    assert build_parser().parse_args(["x.jpg"]).derotate_above_deg == DEFAULT_DEROTATE_ABOVE_DEG
+    assert PoseEstimator(detector, backend).derotate_above_deg == DEFAULT_DEROTATE_ABOVE_DEG
+    with pytest.raises(ParameterError, match="derotate_above_deg"):
+        validate_value("derotate_above_deg", 500.0)
+
+
 def test_confidence_bounds():
     assert confidence_from_assignment(np.full((1, 4), 0.25))[0] == pytest.approx(0.0, abs=1e-12)
     assert confidence_from_assignment(np.array([[1.0, 0, 0, 0]]))[0] == pytest.approx(1.0)
@@ -101,10 +184,11 @@ def test_all_faces_in_one_batch_and_max_faces_keeps_largest(detector, backend, a
         canvas[20 : 20 + size, x : x + size] = face_tile(astronaut, size)
         x += size + 20
     counting = CountingBackend(backend)
-    result = PoseEstimator(detector, counting, max_faces=10).estimate(canvas)
+    # derotate_above_deg=-1: one call (tilted faces' second call: test_tilted_faces_...)
+    result = PoseEstimator(detector, counting, max_faces=10, derotate_above_deg=-1).estimate(canvas)
     assert len(result.faces) == 4 and counting.calls == [4]
     counting.calls.clear()
-    two = PoseEstimator(detector, counting, max_faces=2).estimate(canvas)
+    two = PoseEstimator(detector, counting, max_faces=2, derotate_above_deg=-1).estimate(canvas)
     assert result.detected == 4 and len(two.faces) == 2 and counting.calls == [2]
     # faces come in track-id order; max_faces keeps the two largest boxes
     assert [f.track_id for f in result.faces] == sorted(f.track_id for f in result.faces)
@@ -186,7 +270,7 @@ def test_fifty_faces(backend, astronaut):
         row, col = divmod(i, 10)
         canvas[row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64] = tile
     counting = CountingBackend(backend)
-    result = PoseEstimator(detector, counting, max_faces=50).estimate(canvas)
+    result = PoseEstimator(detector, counting, max_faces=50, derotate_above_deg=-1).estimate(canvas)
     assert result.error is None and len(result.faces) == 50 and counting.calls == [50]
     assert all(
         np.isfinite(f.angles).all() and np.isfinite(f.uncertainty).all() for f in result.faces

@@ -32,7 +32,6 @@ import cv2
 import numpy as np
 
 from lechpe_model.conventions import mirror_euler, rotate_in_image_plane
-from lechpe_model.preprocessing import CROP_PAD_VALUE, crop_face
 
 #: Rejected rotation angles drawn again before a sample is used unrotated.
 ROTATION_REDRAWS = 3
@@ -61,45 +60,6 @@ class AugmentConfig:
 
 #: No augmentation (validation, test, latent extraction).
 NO_AUGMENT = AugmentConfig(flip_prob=0.0, blur_prob=0.0, resample_prob=0.0, rotate_prob=0.0)
-
-
-def rotation_affine(box, theta_deg: float) -> np.ndarray:
-    """``(2, 3)`` affine: image pixel -> pixel of the crop of ``box`` rotated clockwise by theta.
-
-    The box is rounded like ``crop_face`` (integer corners); the rotation is
-    about the centre of the crop's pixel grid, so ``theta = 0`` is exactly
-    ``crop_face(image, box)``.  ``cv2.getRotationMatrix2D(centre, -theta, 1)``
-    turns the pixels clockwise as seen (OpenCV's positive angle is
-    counter-clockwise), the sense of ``rotate_in_image_plane``.
-    """
-    b = np.asarray(box, dtype=np.float64).reshape(4)
-    x1, y1 = int(round(b[0])), int(round(b[1]))
-    x2, y2 = max(int(round(b[2])), x1 + 1), max(int(round(b[3])), y1 + 1)
-    centre = (0.5 * (x1 + x2 - 1), 0.5 * (y1 + y2 - 1))
-    matrix = cv2.getRotationMatrix2D(centre, -float(theta_deg), 1.0)
-    matrix[:, 2] -= (x1, y1)
-    return matrix
-
-
-def rotated_crop(image: np.ndarray, box, theta_deg: float) -> np.ndarray:
-    """Crop of ``box`` from the image turned clockwise by ``theta_deg`` about the box centre.
-
-    Pixels from outside the image are ``CROP_PAD_VALUE`` (as ``crop_face``).
-    """
-    if float(theta_deg) == 0.0:
-        return crop_face(image, box)
-    b = np.asarray(box, dtype=np.float64).reshape(4)
-    x1, y1 = int(round(b[0])), int(round(b[1]))
-    w = max(int(round(b[2])), x1 + 1) - x1
-    h = max(int(round(b[3])), y1 + 1) - y1
-    return cv2.warpAffine(
-        image,
-        rotation_affine(box, theta_deg),
-        (w, h),
-        flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=(CROP_PAD_VALUE,) * 3,
-    )
 
 
 def draw_rotation(

@@ -10,8 +10,11 @@ preprocessing, the backend, the published uncertainty) and reports the
 disagreement ``|pred(transformed photo) - transform(pred(original))|`` per
 angle (wrapped to [-180, 180)), per transform and overall.
 
-Photos: scikit-image's ``astronaut`` (public domain) and ``camera`` (CC0),
-the only real face photos this project ships.
+Photos: scikit-image's ``astronaut`` (public domain) and ``camera`` (CC0), and
+matplotlib's ``grace_hopper`` sample photo (public domain, US Navy; matplotlib
+PR #1599), read from the installed packages: the real face photos this project
+may use. The ``insightface`` wheel's samples are reserved for independent
+evaluation and never read here.
 
 Rotations are about the centre of the original face box, with reflected
 borders (``cv2.BORDER_REFLECT_101``), so no artificial edge enters the face
@@ -41,8 +44,9 @@ from lechpe_model.conventions import ANGLE_NAMES, mirror_euler, rotate_in_image_
 
 LOG = logging.getLogger("training.consistency")
 
-#: Photos that may ship (scikit-image data; licences in its README).
-PHOTOS = ("astronaut", "camera")
+#: Photos that may ship: scikit-image data (licences in its README) and matplotlib's
+#: public-domain sample photo.
+PHOTOS = ("astronaut", "camera", "grace_hopper")
 
 DEFAULT_ANGLES = (15.0, 30.0, 45.0)
 
@@ -200,14 +204,16 @@ def summarise(rows: list[dict]) -> dict:
         out["n"] = len(group)
         return out
 
-    per_transform = {}
+    per_transform, per_photo = {}, {}
     for r in main:
         per_transform.setdefault(r["transform"], []).append(r)
+        per_photo.setdefault(r["photo"], []).append(r)
     return {
         "all": mean_of(main),
         "rotations": mean_of([r for r in main if r.get("mirrors", 0) == 0]),
         "mirror": mean_of([r for r in main if r.get("mirrors", 0) == 1]),
         "per_transform": {k: mean_of(v) for k, v in per_transform.items()},
+        "per_photo": {k: mean_of(v) for k, v in per_photo.items()},
         "harness_mirror_of_mirror": mean_of(checks),
         "fallback_boxes": sum(1 for r in rows if r["box"] != "detector"),
         "rows": len(rows),
@@ -215,13 +221,22 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def shipped_photos(names: Sequence[str] = PHOTOS) -> dict[str, np.ndarray]:
-    """BGR uint8 copies of scikit-image's astronaut / camera photos."""
-    from skimage import data
-
+    """BGR uint8 copies of the shipped photos (scikit-image's astronaut and camera,
+    matplotlib's grace_hopper sample)."""
     out = {}
     for name in names:
         if name not in PHOTOS:
             raise ValueError(f"unknown photo {name!r}; choose from {', '.join(PHOTOS)}")
+        if name == "grace_hopper":
+            from matplotlib import cbook
+
+            path = str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+            out[name] = cv2.imread(path, cv2.IMREAD_COLOR)
+            if out[name] is None:
+                raise FileNotFoundError(f"cannot read matplotlib's sample photo {path}")
+            continue
+        from skimage import data
+
         img = getattr(data, name)()
         out[name] = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR if img.ndim == 2 else cv2.COLOR_RGB2BGR)
     return out
@@ -235,14 +250,25 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def runtime_predictor(detector, backend, min_iou: float = 0.3) -> Predictor:
+def runtime_predictor(
+    detector, backend, min_iou: float = 0.3, derotate_above_deg: float | None = None
+) -> Predictor:
     """The runtime's crop path: detector box (the one overlapping the expected box
-    best, IoU >= ``min_iou``), else the fallback box; the detector's crop margin and
-    shift, ``preprocess_crops``, the backend and the published uncertainty."""
-    from lechpe_model.preprocessing import crop_face, expand_box, preprocess_crops
-    from lechpe_model.uncertainty import calibrated_outputs_uncertainty
+    best, IoU >= ``min_iou``), else the fallback box; then ``PoseEstimator.infer_boxes``
+    (the detector's crop margin and shift, the shared preprocessing, the backend, the
+    upright re-crop of tilted heads, the published uncertainty).
 
-    meta = backend.metadata
+    ``derotate_above_deg``: ``None`` = the runtime's default; negative = off.
+    """
+    from lechpe_model.pipeline import DEFAULT_DEROTATE_ABOVE_DEG, PoseEstimator
+
+    estimator = PoseEstimator(
+        detector,
+        backend,
+        derotate_above_deg=DEFAULT_DEROTATE_ABOVE_DEG
+        if derotate_above_deg is None
+        else derotate_above_deg,
+    )
 
     def predict(bgr: np.ndarray, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         boxes = [np.asarray(d.box, np.float32) for d in detector.detect(bgr)]
@@ -251,13 +277,12 @@ def runtime_predictor(detector, backend, min_iou: float = 0.3) -> Predictor:
             box, source = boxes[scored[0][1]], "detector"
         else:
             box, source = np.asarray(fallback, np.float32), "fallback"
-        crop_box = expand_box(box, detector.crop_margin, shift_y=detector.crop_shift_y)
-        batch = preprocess_crops(
-            [crop_face(bgr, crop_box)], int(meta.input_size), tuple(meta.mean), tuple(meta.std)
+        outputs, _, _ = estimator.infer_boxes(bgr, [box])
+        return (
+            outputs.angles[0].astype(np.float64),
+            outputs.uncertainty[0].astype(np.float64),
+            source,
         )
-        outputs = backend.infer(batch)
-        sigma = calibrated_outputs_uncertainty(outputs, meta)
-        return outputs.angles[0].astype(np.float64), sigma[0].astype(np.float64), source
 
     return predict
 
@@ -266,11 +291,12 @@ def consistency_markdown(report: dict, model: str) -> str:
     """A markdown table per transform (and overall) for docs/RESULTS.md."""
     s = report["summary"]
     lines = [
-        f"| consistency ({model}) | yaw | pitch | roll | **mean** | photos |",
+        f"| consistency ({model}) | yaw | pitch | roll | **mean** | predictions |",
         "|---|---|---|---|---|---|",
     ]
     for name, row in list(s["per_transform"].items()) + [
         ("all rotations", s["rotations"]),
+        *((f"photo `{k}`, all transforms", v) for k, v in s.get("per_photo", {}).items()),
         ("**all transforms**", s["all"]),
         ("harness check: mirror of mirror", s["harness_mirror_of_mirror"]),
     ]:
@@ -302,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--angles", default=",".join(f"{a:g}" for a in DEFAULT_ANGLES), help="rotations (deg), +-"
     )
     p.add_argument("--photos", default=",".join(PHOTOS))
+    p.add_argument(
+        "--derotate-above-deg",
+        type=float,
+        help="re-crop faces tilted past this |roll| upright (default: the runtime's, "
+        "lechpe_model.pipeline.DEFAULT_DEROTATE_ABOVE_DEG; negative: off)",
+    )
     return p
 
 
@@ -325,10 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not photos:
         raise SystemExit("lechpe-eval consistency: no photo with a detected face")
     transforms = default_transforms([float(a) for a in args.angles.split(",") if a])
-    report = run_consistency(runtime_predictor(detector, backend), photos, transforms)
+    predictor = runtime_predictor(detector, backend, derotate_above_deg=args.derotate_above_deg)
+    report = run_consistency(predictor, photos, transforms)
     report["model"] = args.model
     report["backend"] = backend.name
     report["detector"] = detector.name
+    report["derotate_above_deg"] = args.derotate_above_deg
     with open(os.path.join(args.out, "consistency.json"), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
     text = consistency_markdown(report, os.path.basename(args.model))

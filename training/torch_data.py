@@ -30,8 +30,9 @@ from lechpe_model.preprocessing import (
     crop_face,
     expand_box,
     preprocess_crops,
+    rotated_crop,
 )
-from training.augment import NO_AUGMENT, AugmentConfig, augment_crop, draw_rotation, rotated_crop
+from training.augment import NO_AUGMENT, AugmentConfig, augment_crop, draw_rotation
 from training.datasets import ANGLE_LIMIT, ImageLoadError, PoseSample, load_image
 
 

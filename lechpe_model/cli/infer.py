@@ -31,6 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lechpe_model.pipeline import DEFAULT_DEROTATE_ABOVE_DEG
+
 LOG = logging.getLogger("lechpe-infer")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
@@ -65,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-faces", type=int, default=10, help="keep the N largest faces")
     parser.add_argument("--margin", type=float, help="crop margin (default: the detector's)")
     parser.add_argument("--max-side", type=int, default=8192, help="refuse larger frames")
+    parser.add_argument(
+        "--derotate-above-deg",
+        type=float,
+        default=DEFAULT_DEROTATE_ABOVE_DEG,
+        help="faces tilted past this |roll| are estimated again on an upright crop "
+        "(turned back exactly); negative: off",
+    )
     parser.add_argument("--out", type=Path, help="folder for annotated images / videos")
     parser.add_argument("--jsonl", type=Path, help="write JSON lines here instead of stdout")
     parser.add_argument("--max-frames", type=int, help="stop after N frames (videos, camera)")
@@ -173,7 +182,12 @@ def build_estimator(args):
         model,
     )
     return PoseEstimator(
-        detector, backend, max_faces=args.max_faces, margin=args.margin, max_side=args.max_side
+        detector,
+        backend,
+        max_faces=args.max_faces,
+        margin=args.margin,
+        max_side=args.max_side,
+        derotate_above_deg=args.derotate_above_deg,
     )
 
 

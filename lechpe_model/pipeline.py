@@ -23,7 +23,9 @@ Tilted heads: the network is most accurate on upright faces and, on real
 photos, follows only part of an in-plane tilt. A face whose predicted |roll|
 exceeds ``derotate_above_deg`` (default 15) and 1.5 of its published roll
 uncertainty (``DEROTATE_MIN_SIGMAS``) is cropped again from the frame
-turned upright about the crop centre (``preprocessing.rotated_crop``), the
+turned upright about the crop centre (``preprocessing.rotated_crop``; the
+crop grown by the detector's ``turned_box_scale``: a detector box shrinks on
+a turned face), the
 network runs on that crop, and its answer is turned back exactly
 (``conventions.rotate_in_image_plane``): a second, batched network call for the
 tilted faces only. ``FacePose.turned_deg`` says by how much the crop was turned.
@@ -307,8 +309,10 @@ class PoseEstimator:
         re-crop of tilted heads.
 
         Returns ``(outputs, crop_boxes, turned_deg)``: ``outputs.uncertainty`` is the
-        published (calibrated) sigma; ``turned_deg`` ``(N,)`` the clockwise turn of
-        each face's final crop. Adds ``preprocess`` and ``network`` milliseconds to
+        published (calibrated) sigma; ``crop_boxes`` the boxes cropped (a tilted
+        face's grown by the detector's ``turned_box_scale`` and turned by its
+        ``turned_deg`` about its centre); ``turned_deg`` ``(N,)`` the clockwise turn
+        of each face's final crop. Adds ``preprocess`` and ``network`` milliseconds to
         ``timings``. Raises :class:`BackendFailure` if the backend fails.
         """
         timings = {} if timings is None else timings
@@ -333,6 +337,10 @@ class PoseEstimator:
             outputs.angles.copy(), outputs.uncertainty.copy(), outputs.assignment.copy()
         )
         start = time.perf_counter()
+        # the detector's box shrinks on a turned face: the upright crop is grown back
+        scale = getattr(self.detector, "turned_box_scale", lambda roll: 1.0)
+        for i in tilted:
+            crop_boxes[i] = expand_box(crop_boxes[i], 0.5 / scale(roll[i]) - 0.5)
         # turning the frame clockwise by -roll makes the head upright
         batch = preprocess_crops(
             [rotated_crop(bgr, crop_boxes[i], -roll[i]) for i in tilted],

@@ -123,6 +123,27 @@ def expand_box(
     return out.astype(np.float32)
 
 
+def box_iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` ``(N, 4)`` with every box in ``b`` ``(M, 4)`` -> ``(N, M)``."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    ix = np.clip(
+        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
+    )
+    iy = np.clip(
+        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
+    )
+    inter = ix * iy
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two ``(x1, y1, x2, y2)`` boxes (0 when they do not overlap)."""
+    return float(box_iou_matrix(a, b)[0, 0])
+
+
 def crop_face(image: np.ndarray, box: np.ndarray, pad_value: int = CROP_PAD_VALUE) -> np.ndarray:
     """Cut a box out of an image, padding what lies outside the image.
 

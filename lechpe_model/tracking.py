@@ -31,6 +31,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from lechpe_model.detection import FaceDetection
+from lechpe_model.preprocessing import box_iou_matrix
 
 
 @dataclass
@@ -75,22 +76,6 @@ class TrackedFace:
     detection: FaceDetection
     track_id: int
     tracked: bool  #: box predicted by the tracker (detector missed or did not run)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` ``(N, 4)`` with every box in ``b`` ``(M, 4)`` -> ``(N, M)``."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    ix = np.clip(
-        np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None
-    )
-    iy = np.clip(
-        np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None
-    )
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 class FaceTracker:
@@ -147,7 +132,7 @@ class FaceTracker:
         boxes = np.array([d.box for d in detections], np.float32).reshape(-1, 4)
         matches: list[tuple[int, int]] = []
         if len(self.tracks) and len(detections):
-            overlap = iou_matrix(predicted, boxes)
+            overlap = box_iou_matrix(predicted, boxes)
             rows, cols = linear_sum_assignment(-overlap)
             matches = [
                 (r, c)

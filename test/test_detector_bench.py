@@ -74,11 +74,9 @@ def test_a_detector_that_finds_nothing_has_zero_recall(frames):
 
 
 def test_box_iou_by_hand():
-    assert bench.box_iou(np.array([0, 0, 10, 10]), np.array([5, 0, 15, 10])) == pytest.approx(
-        50 / 150
-    )
+    assert pp.box_iou(np.array([0, 0, 10, 10]), np.array([5, 0, 15, 10])) == pytest.approx(50 / 150)
     crop = pp.expand_box(np.array([0, 0, 10, 10]), 0.0)
-    assert bench.box_iou(crop, crop) == 1.0
+    assert pp.box_iou(crop, crop) == 1.0
 
 
 def test_quick_run_writes_the_section_json_and_plot(tmp_path):

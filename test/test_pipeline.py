@@ -84,7 +84,8 @@ def test_astronaut_pose_matches_direct_composition(estimator, detector, backend,
         DEROTATE_MIN_SIGMAS * float(expected.uncertainty[0, 2])
     )
     if tilted:
-        upright = backend.infer(pp.preprocess_crops([pp.rotated_crop(astronaut, crop_box, -roll)]))
+        grown = pp.expand_box(crop_box, 0.5 / detector.turned_box_scale(roll) - 0.5)
+        upright = backend.infer(pp.preprocess_crops([pp.rotated_crop(astronaut, grown, -roll)]))
         expected.angles = rotate_in_image_plane(upright.angles, roll).astype(np.float32)
         expected.uncertainty, expected.assignment = upright.uncertainty, upright.assignment
     assert face.turned_deg == (-roll if tilted else 0.0)
@@ -134,6 +135,18 @@ def test_tilted_faces_are_estimated_upright_and_turned_back(detector, astronaut)
         (face,) = upright.estimate(photo).faces
         (first,) = plain.estimate(photo).faces
         assert counting.calls == [1, 1] and face.turned_deg == pytest.approx(-first.roll)
+        # the upright crop is the first crop grown back by the detector's turned-box shrink
+        grow = 1.0 / detector.turned_box_scale(first.roll)
+        side, first_side = (
+            face.crop_box[2] - face.crop_box[0],
+            first.crop_box[2] - first.crop_box[0],
+        )
+        assert side == pytest.approx(first_side * grow, rel=1e-4) and grow > 1.0
+        np.testing.assert_allclose(
+            face.crop_box[:2] + face.crop_box[2:],
+            first.crop_box[:2] + first.crop_box[2:],
+            atol=1e-3,
+        )
         meta = backend.metadata
         crop = pp.rotated_crop(photo, face.crop_box, -first.roll)
         again = backend.infer(
@@ -341,6 +354,9 @@ class CountingDetector:
     def detect(self, image):
         self.calls += 1
         return self.real.detect(image)
+
+    def turned_box_scale(self, roll_deg):
+        return self.real.turned_box_scale(roll_deg)
 
 
 def test_detect_every_reuses_boxes_per_stream(detector, backend, astronaut):

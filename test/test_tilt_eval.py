@@ -64,3 +64,23 @@ def test_paired_errors_on_a_real_photo(tmp_path):
     text = tilt_eval.markdown(json.loads(json.dumps(report)))
     assert f"| astro, turned | {found['turned']} / 6 | off |" in text
     assert "| astro, upright | 6 / 6 | 15 |" in text
+
+
+def test_turned_box_scale_is_the_measured_table(repo_root):
+    from lechpe_model.detection import create_detector
+    from lechpe_model.detection.base import FaceDetector
+    from lechpe_model.detection.blazeface import BLAZEFACE_TURNED_BOX_SCALE
+
+    measured = json.loads(
+        (repo_root / "docs/results/blazeface_full_turned_box_scale_val.json").read_text()
+    )
+    assert measured["detector"] == "blazeface_full"
+    np.testing.assert_allclose(
+        BLAZEFACE_TURNED_BOX_SCALE["blazeface_full"], measured["scale"], atol=1e-4
+    )
+    full = create_detector("blazeface_full")
+    # interpolated between rows by hand, flat beyond the last, symmetric in the sign
+    assert full.turned_box_scale(0.0) == 1.0
+    assert full.turned_box_scale(-22.5) == pytest.approx((0.9773 + 0.9048) / 2)
+    assert full.turned_box_scale(70.0) == pytest.approx(0.8665)
+    assert FaceDetector().turned_box_scale(40.0) == 1.0  # not measured: no correction

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lechpe_model.detection import FaceDetection
-from lechpe_model.tracking import FaceTracker, iou_matrix
+from lechpe_model.preprocessing import box_iou_matrix as iou_matrix
+from lechpe_model.tracking import FaceTracker
 
 
 def face(x: float, y: float, side: float = 40.0, score: float = 0.9) -> FaceDetection:

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from lechpe_model.conventions import ANGLE_NAMES, mirror_euler, rotate_in_image_plane
+from lechpe_model.preprocessing import box_iou
 
 LOG = logging.getLogger("training.consistency")
 
@@ -242,14 +243,6 @@ def shipped_photos(names: Sequence[str] = PHOTOS) -> dict[str, np.ndarray]:
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def runtime_predictor(
     detector, backend, min_iou: float = 0.3, derotate_above_deg: float | None = None
 ) -> Predictor:
@@ -272,7 +265,7 @@ def runtime_predictor(
 
     def predict(bgr: np.ndarray, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         boxes = [np.asarray(d.box, np.float32) for d in detector.detect(bgr)]
-        scored = sorted(((_iou(b, fallback), i) for i, b in enumerate(boxes)), reverse=True)
+        scored = sorted(((box_iou(b, fallback), i) for i, b in enumerate(boxes)), reverse=True)
         if scored and scored[0][0] >= min_iou:
             box, source = boxes[scored[0][1]], "detector"
         else:

@@ -103,19 +103,11 @@ class Frame:
     clean: np.ndarray | None = None  #: BGR before the occluders (occluded frames)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def match_crops(crops, truths, min_iou: float = MATCH_IOU) -> dict[int, tuple[float, int]]:
     """Greedy one-to-one matching, best IoU first: ``{truth index: (IoU, crop index)}``
     for the pairs with IoU >= ``min_iou``."""
     pairs = sorted(
-        ((box_iou(c, t), i, j) for i, c in enumerate(crops) for j, t in enumerate(truths)),
+        ((pp.box_iou(c, t), i, j) for i, c in enumerate(crops) for j, t in enumerate(truths)),
         reverse=True,
     )
     used, matched = set(), {}

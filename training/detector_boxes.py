@@ -44,7 +44,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lechpe_model.preprocessing import TEST_MARGIN, expand_box
+from lechpe_model.preprocessing import TEST_MARGIN, box_iou, expand_box
 
 LOG = logging.getLogger("training.detector_boxes")
 
@@ -53,15 +53,6 @@ YAW_EDGES = (0.0, 30.0, 60.0, 99.0)
 #: A detection belongs to the labelled face when its IoU with the landmark box is this high.
 MIN_IOU = 0.3
 FIELDS = ("dx", "dy", "log_scale")
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def deployed_square(det_box, crop_margin: float, crop_shift_y: float) -> np.ndarray:
@@ -104,7 +95,7 @@ def best_match(detections, landmark_box) -> tuple[object | None, float]:
     """The detection with the highest IoU with the landmark box, and that IoU."""
     best, best_iou = None, 0.0
     for det in detections:
-        value = iou(np.asarray(det.box, np.float64), np.asarray(landmark_box, np.float64))
+        value = box_iou(np.asarray(det.box, np.float64), np.asarray(landmark_box, np.float64))
         if value > best_iou:
             best, best_iou = det, value
     return best, best_iou

@@ -74,6 +74,19 @@ class FaceDetector:
     #: training-equivalent crop (see the module docstring).
     crop_margin = 0.25
     crop_shift_y = 0.0
+    #: ``(|turn| deg, box side turned / upright)`` rows: how this detector's box shrinks
+    #: on a face turned in the image plane (``training.tilt_eval --box-scale``);
+    #: ``None``: not measured, taken as 1.
+    turned_box_scale_table: tuple[tuple[float, float], ...] | None = None
+
+    def turned_box_scale(self, roll_deg: float) -> float:
+        """Box side on a face turned by ``roll_deg`` over its side upright (interpolated;
+        the last row's value beyond it). The runtime's upright re-crop divides by it."""
+        table = self.turned_box_scale_table
+        if not table:
+            return 1.0
+        angles, scales = zip(*table, strict=True)
+        return float(np.interp(abs(float(roll_deg)), angles, scales))
 
     def __init__(
         self,

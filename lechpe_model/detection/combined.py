@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from lechpe_model.detection.base import FaceDetection, FaceDetector
-from lechpe_model.preprocessing import expand_box
+from lechpe_model.preprocessing import box_iou, expand_box
 
 
 def box_from_crop(crop: np.ndarray, margin: float, shift_y: float) -> np.ndarray:
@@ -60,7 +60,7 @@ class CombinedDetector(FaceDetector):
         candidates.sort(key=lambda c: (c[1], c[0]), reverse=True)
         kept: list[tuple] = []
         for cand in candidates:
-            if all(_iou(cand[2], k[2]) <= self.nms_threshold for k in kept):
+            if all(box_iou(cand[2], k[2]) <= self.nms_threshold for k in kept):
                 kept.append(cand)
         faces = []
         for score, _, crop, det, member in kept:
@@ -76,11 +76,3 @@ class CombinedDetector(FaceDetector):
 
     def __repr__(self) -> str:
         return f"CombinedDetector({self.members!r})"
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

@@ -61,6 +61,10 @@ def test_paired_errors_on_a_real_photo(tmp_path):
     np.testing.assert_allclose(np.asarray(errors["upright"][-1.0]), 0.0, atol=0.05)
     assert np.mean(errors["turned"][15.0]) < np.mean(errors["turned"][-1.0])
     report = {"sets": {"astro": tilt_eval.summarise(errors, found, len(samples))}}
+    # the box-shrink measurement on the same face: one row per angle, a shrink, not a growth
+    scale = tilt_eval.measure_box_scale(samples[:1], detector, angles=(30.0,))
+    assert scale["faces_found_upright"] == 1 and scale["scale"][0] == [0.0, 1.0]
+    assert scale["turned_faces_found"]["30"] >= 1 and 0.6 < scale["scale"][1][1] < 1.0
     text = tilt_eval.markdown(json.loads(json.dumps(report)))
     assert f"| astro, turned | {found['turned']} / 6 | off |" in text
     assert "| astro, upright | 6 / 6 | 15 |" in text

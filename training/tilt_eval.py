@@ -53,17 +53,11 @@ def turn_face(image: np.ndarray, box: np.ndarray, theta: float) -> tuple[np.ndar
     return turned, box_from_landmarks(moved)
 
 
-def evaluate(samples, detector, backend, thresholds: Sequence[float], max_turn: float, seed: int):
-    """Per face and condition (upright / turned): absolute errors per threshold."""
-    from lechpe_model.pipeline import PoseEstimator
+def _faces(samples):
+    """``(index, sample, image, landmark box)`` of the samples with a box and a readable image."""
     from training.datasets import ImageLoadError, load_image
 
-    estimators = {t: PoseEstimator(detector, backend, derotate_above_deg=t) for t in thresholds}
-    rng = np.random.default_rng(seed)
-    errors = {c: {t: [] for t in thresholds} for c in ("upright", "turned")}
-    found = {"upright": 0, "turned": 0}
-    for sample in samples:
-        theta = float(rng.uniform(-max_turn, max_turn))  # drawn for every sample: seeded
+    for index, sample in enumerate(samples):
         if sample.box is None:
             continue
         try:
@@ -71,10 +65,28 @@ def evaluate(samples, detector, backend, thresholds: Sequence[float], max_turn: 
         except ImageLoadError as exc:
             LOG.warning("skipped: %s", exc)
             continue
-        for condition, turn in (("upright", 0.0), ("turned", theta)):
-            frame, box = turn_face(image, np.asarray(sample.box, np.float64), turn)
-            det, overlap = best_match(detector.detect(frame), box)
-            if det is None or overlap < MIN_IOU:
+        yield index, sample, image, np.asarray(sample.box, np.float64)
+
+
+def _detect_at(detector, frame: np.ndarray, box: np.ndarray):
+    """The detection overlapping ``box`` best, or ``None`` below IoU 0.3."""
+    det, overlap = best_match(detector.detect(frame), box)
+    return det if det is not None and overlap >= MIN_IOU else None
+
+
+def evaluate(samples, detector, backend, thresholds: Sequence[float], max_turn: float, seed: int):
+    """Per face and condition (upright / turned): absolute errors per threshold."""
+    from lechpe_model.pipeline import PoseEstimator
+
+    estimators = {t: PoseEstimator(detector, backend, derotate_above_deg=t) for t in thresholds}
+    turns = np.random.default_rng(seed).uniform(-max_turn, max_turn, len(samples))
+    errors = {c: {t: [] for t in thresholds} for c in ("upright", "turned")}
+    found = {"upright": 0, "turned": 0}
+    for index, sample, image, box in _faces(samples):
+        for condition, turn in (("upright", 0.0), ("turned", float(turns[index]))):
+            frame, turned_box = turn_face(image, box, turn)
+            det = _detect_at(detector, frame, turned_box)
+            if det is None:
                 continue
             found[condition] += 1
             truth = rotate_in_image_plane(np.asarray(sample.angles, np.float64), turn)
@@ -91,29 +103,18 @@ def measure_box_scale(samples, detector, angles: Sequence[float] = (15.0, 30.0, 
     Each face is detected upright and turned by +-each angle (the detection overlapping
     the turned landmark box best, IoU >= 0.3); faces missed upright are skipped.
     """
-    from training.datasets import ImageLoadError, load_image
-
     ratios: dict[float, list[float]] = {float(a): [] for a in angles}
     faces = 0
-    for sample in samples:
-        if sample.box is None:
-            continue
-        try:
-            image = load_image(sample)
-        except ImageLoadError as exc:
-            LOG.warning("skipped: %s", exc)
-            continue
-        box = np.asarray(sample.box, np.float64)
-        upright, overlap = best_match(detector.detect(image), box)
-        if upright is None or overlap < MIN_IOU:
+    for _, _, image, box in _faces(samples):
+        upright = _detect_at(detector, image, box)
+        if upright is None:
             continue
         faces += 1
         side = float(upright.box[2] - upright.box[0])
         for angle in ratios:
             for turn in (-angle, angle):
-                frame, turned_box = turn_face(image, box, turn)
-                det, overlap = best_match(detector.detect(frame), turned_box)
-                if det is not None and overlap >= MIN_IOU:
+                det = _detect_at(detector, *turn_face(image, box, turn))
+                if det is not None:
                     ratios[angle].append(float(det.box[2] - det.box[0]) / side)
     return {
         "detector": detector.name,

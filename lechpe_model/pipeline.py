@@ -22,11 +22,10 @@ landmark box (``preprocessing.TEST_MARGIN``).
 Tilted heads: the network is most accurate on upright faces and, on real
 photos, follows only part of an in-plane tilt. A face whose predicted |roll|
 exceeds ``derotate_above_deg`` (default 15) and 1.5 of its published roll
-uncertainty (``DEROTATE_MIN_SIGMAS``) is cropped again from the frame
-turned upright about the crop centre (``preprocessing.rotated_crop``; the
-crop grown by the detector's ``turned_box_scale``: a detector box shrinks on
-a turned face), the
-network runs on that crop, and its answer is turned back exactly
+uncertainty (``DEROTATE_MIN_SIGMAS``) is cropped again from the frame turned
+upright about the crop centre (``preprocessing.rotated_crop``), the crop grown
+by the detector's ``turned_box_scale`` (a detector's box shrinks on a turned
+face); the network runs on that crop, and its answer is turned back exactly
 (``conventions.rotate_in_image_plane``): a second, batched network call for the
 tilted faces only. ``FacePose.turned_deg`` says by how much the crop was turned.
 

@@ -32,6 +32,12 @@ def main() -> int:
     parser.add_argument("--best-effort", action="store_true")
     parser.add_argument("--wait-subscribers", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--wait-reliable-reader",
+        help="after the go, also wait until this participant has discovered a RELIABLE "
+        "reader of the topic from this node name (a reader that replaced another one is "
+        "matched asynchronously: frames sent before that would not reach it)",
+    )
     args = parser.parse_args()
     rclpy.init()
     node = rclpy.create_node("test_camera")
@@ -51,6 +57,27 @@ def main() -> int:
         rclpy.spin_once(node, timeout_sec=0.1)
     print("matched", flush=True)
     sys.stdin.readline()  # the test says go
+    if args.wait_reliable_reader:
+
+        def reliable_reader_matched() -> bool:
+            # the node's readers are all reliable (the replaced one is gone) and the writer
+            # counts as many matched readers as asked: then the reliable one is among them
+            readers = [
+                i
+                for i in node.get_subscriptions_info_by_topic(args.topic)
+                if i.node_name == args.wait_reliable_reader
+            ]
+            return (
+                bool(readers)
+                and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in readers)
+                and pub.get_subscription_count() >= args.wait_subscribers
+            )
+
+        while not reliable_reader_matched():
+            if time.monotonic() > deadline:
+                print("no reliable reader matched", flush=True)
+                return 1
+            rclpy.spin_once(node, timeout_sec=0.1)
     rng = np.random.default_rng(0)
     width, height = args.width, args.height
     pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8).tobytes()

@@ -125,6 +125,8 @@ def test_qos_auto_receives_every_frame_best_effort_loses_over_udp(model):
             str(RATE_HZ),
             "--wait-subscribers",
             "2",
+            "--wait-reliable-reader",
+            "lechpe_pose_udp",
             "--timeout",
             "120",
         )

@@ -13,8 +13,7 @@ angle (wrapped to [-180, 180)), per transform and overall.
 Photos: scikit-image's ``astronaut`` (public domain) and ``camera`` (CC0), and
 matplotlib's ``grace_hopper`` sample photo (public domain, US Navy; matplotlib
 PR #1599), read from the installed packages: the real face photos this project
-may use. The ``insightface`` wheel's samples are reserved for independent
-evaluation and never read here.
+may use.
 
 Rotations are about the centre of the original face box, with reflected
 borders (``cv2.BORDER_REFLECT_101``), so no artificial edge enters the face

@@ -40,7 +40,6 @@ import cv2
 import numpy as np
 
 from lechpe_model.conventions import ANGLE_NAMES, mirror_euler, rotate_in_image_plane
-from lechpe_model.preprocessing import box_iou
 
 LOG = logging.getLogger("training.consistency")
 
@@ -253,6 +252,7 @@ def runtime_predictor(
     ``derotate_above_deg``: ``None`` = the runtime's default; negative = off.
     """
     from lechpe_model.pipeline import DEFAULT_DEROTATE_ABOVE_DEG, PoseEstimator
+    from training.detector_boxes import detect_at
 
     estimator = PoseEstimator(
         detector,
@@ -263,10 +263,9 @@ def runtime_predictor(
     )
 
     def predict(bgr: np.ndarray, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        boxes = [np.asarray(d.box, np.float32) for d in detector.detect(bgr)]
-        scored = sorted(((box_iou(b, fallback), i) for i, b in enumerate(boxes)), reverse=True)
-        if scored and scored[0][0] >= min_iou:
-            box, source = boxes[scored[0][1]], "detector"
+        det = detect_at(detector, bgr, fallback, min_iou)
+        if det is not None:
+            box, source = np.asarray(det.box, np.float32), "detector"
         else:
             box, source = np.asarray(fallback, np.float32), "fallback"
         outputs, _, _ = estimator.infer_boxes(bgr, [box])

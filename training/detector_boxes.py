@@ -91,6 +91,12 @@ def yaw_bin(yaw: float, edges: Sequence[float] = YAW_EDGES) -> int:
     return len(edges) - 2
 
 
+def detect_at(detector, image: np.ndarray, box, min_iou: float = MIN_IOU):
+    """The detection of ``image`` overlapping ``box`` best, or ``None`` below ``min_iou``."""
+    det, overlap = best_match(detector.detect(image), box)
+    return det if det is not None and overlap >= min_iou else None
+
+
 def best_match(detections, landmark_box) -> tuple[object | None, float]:
     """The detection with the highest IoU with the landmark box, and that IoU."""
     best, best_iou = None, 0.0
@@ -123,8 +129,8 @@ def measure(samples, detector, test_margin: float = TEST_MARGIN, progress: bool 
             LOG.warning("skipped unreadable image: %s", exc)
             counts[b]["unreadable"] += 1
             continue
-        det, overlap = best_match(detector.detect(image), sample.box)
-        if det is None or overlap < MIN_IOU:
+        det = detect_at(detector, image, sample.box)
+        if det is None:
             counts[b]["missed"] += 1
             continue
         square = deployed_square(det.box, detector.crop_margin, detector.crop_shift_y)
@@ -225,8 +231,8 @@ def detector_crop_samples(samples, detector) -> tuple[list, list]:
             image = load_image(sample)
         except ImageLoadError:
             continue
-        det, overlap = best_match(detector.detect(image), sample.box)
-        if det is None or overlap < MIN_IOU:
+        det = detect_at(detector, image, sample.box)
+        if det is None:
             continue
         square = deployed_square(det.box, detector.crop_margin, detector.crop_shift_y)
         kept.append(sample)

@@ -36,7 +36,7 @@ import numpy as np
 
 from lechpe_model.conventions import ANGLE_NAMES, rotate_in_image_plane
 from lechpe_model.preprocessing import box_from_landmarks
-from training.detector_boxes import MIN_IOU, best_match
+from training.detector_boxes import detect_at
 
 LOG = logging.getLogger("training.tilt_eval")
 
@@ -68,12 +68,6 @@ def _faces(samples):
         yield index, sample, image, np.asarray(sample.box, np.float64)
 
 
-def _detect_at(detector, frame: np.ndarray, box: np.ndarray):
-    """The detection overlapping ``box`` best, or ``None`` below IoU 0.3."""
-    det, overlap = best_match(detector.detect(frame), box)
-    return det if det is not None and overlap >= MIN_IOU else None
-
-
 def evaluate(samples, detector, backend, thresholds: Sequence[float], max_turn: float, seed: int):
     """Per face and condition (upright / turned): absolute errors per threshold."""
     from lechpe_model.pipeline import PoseEstimator
@@ -85,7 +79,7 @@ def evaluate(samples, detector, backend, thresholds: Sequence[float], max_turn: 
     for index, sample, image, box in _faces(samples):
         for condition, turn in (("upright", 0.0), ("turned", float(turns[index]))):
             frame, turned_box = turn_face(image, box, turn)
-            det = _detect_at(detector, frame, turned_box)
+            det = detect_at(detector, frame, turned_box)
             if det is None:
                 continue
             found[condition] += 1
@@ -106,14 +100,14 @@ def measure_box_scale(samples, detector, angles: Sequence[float] = (15.0, 30.0, 
     ratios: dict[float, list[float]] = {float(a): [] for a in angles}
     faces = 0
     for _, _, image, box in _faces(samples):
-        upright = _detect_at(detector, image, box)
+        upright = detect_at(detector, image, box)
         if upright is None:
             continue
         faces += 1
         side = float(upright.box[2] - upright.box[0])
         for angle in ratios:
             for turn in (-angle, angle):
-                det = _detect_at(detector, *turn_face(image, box, turn))
+                det = detect_at(detector, *turn_face(image, box, turn))
                 if det is not None:
                     ratios[angle].append(float(det.box[2] - det.box[0]) / side)
     return {

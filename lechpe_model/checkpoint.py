@@ -62,7 +62,7 @@ CHECKSUM_KEY = "weights_sha256"  # inside the lechpe_metadata object
 INTEGRITY_KEY = "integrity_sha256"
 
 # Metadata fields a checkpoint may lack (added after format 1 was fixed).
-_OPTIONAL_FIELDS = ("uncertainty_calibration", "mirror_average")
+_OPTIONAL_FIELDS = ("uncertainty_calibration", "mirror_average", "error_head")
 
 # A safetensors header larger than this is not one of ours (corrupt length field).
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -125,6 +125,9 @@ class ModelMetadata:
         mirror_average: inference averages the crop's prediction with its mirrored
             crop's (``network.LECHPENet``); exported graphs include it. Omitted from
             the JSON when false (older checkpoints lack it).
+        error_head: the model has the error head (``network.LECHPENet``: a fourth
+            output ``log_error``, fitted by ``lechpe-eval calibrate-uncertainty
+            --error-head-data``). Omitted from the JSON when false.
     """
 
     format_version: int = FORMAT_VERSION
@@ -144,6 +147,7 @@ class ModelMetadata:
     created: str = ""
     uncertainty_calibration: dict[str, Any] = field(default_factory=dict)
     mirror_average: bool = False
+    error_head: bool = False
 
     @property
     def bin_spec(self) -> BinSpec:
@@ -252,17 +256,25 @@ class ModelMetadata:
             )
         if not isinstance(data["training_config"], dict):
             raise fail("training_config", "must be a JSON object")
+        mirror_average = data.get("mirror_average", False)
+        if not isinstance(mirror_average, bool):
+            raise fail("mirror_average", "must be true or false")
+        error_head = data.get("error_head", False)
+        if not isinstance(error_head, bool):
+            raise fail("error_head", "must be true or false")
         calibration = data.get("uncertainty_calibration") or {}
         if calibration:
             from lechpe_model.uncertainty import UncertaintyCalibration
 
             try:
-                UncertaintyCalibration.from_dict(calibration)
+                parsed = UncertaintyCalibration.from_dict(calibration)
             except ValueError as exc:
                 raise fail("uncertainty_calibration", str(exc)) from exc
-        mirror_average = data.get("mirror_average", False)
-        if not isinstance(mirror_average, bool):
-            raise fail("mirror_average", "must be true or false")
+            if parsed.uses_error_head and not error_head:
+                raise fail(
+                    "uncertainty_calibration",
+                    "uses the error head's output but the model has no error head",
+                )
         return cls(
             format_version=version,
             architecture=architecture,
@@ -281,6 +293,7 @@ class ModelMetadata:
             created=as_str("created"),
             uncertainty_calibration=dict(calibration),
             mirror_average=mirror_average,
+            error_head=error_head,
         )
 
     @classmethod
@@ -297,6 +310,7 @@ class ModelMetadata:
             num_clusters=int(model.num_clusters),
             latent_dim=int(model.latent_dim),
             mirror_average=bool(getattr(model, "mirror_average", False)),
+            error_head=getattr(model, "error_head", None) is not None,
             training_config=dict(training_config or {}),
             code_revision=_code_revision(),
             created=_now_iso(),

@@ -184,6 +184,28 @@ def rotate_in_image_plane(angles: np.ndarray, theta_deg) -> np.ndarray:
     return matrix_to_euler(turned)
 
 
+def image_tilt(angles: np.ndarray) -> np.ndarray:
+    """How far a head is tilted in the image: the clockwise angle (degrees) of its up
+    axis, projected on the image plane, from the image's up direction.
+
+    Turning the image clockwise by ``theta`` adds exactly ``theta``
+    (``image_tilt(rotate_in_image_plane(a, theta)) == image_tilt(a) + theta``,
+    wrapped), so turning it by ``-image_tilt(a)`` makes the head upright. For a
+    frontal head it is the roll; for a turned head it is not (a head at yaw 70
+    with roll 18 and pitch -20 is tilted by about 5 deg in the image).
+
+    Args:
+        angles: ``(..., 3)`` degrees (yaw, pitch, roll).
+
+    Returns:
+        ``(...)`` degrees in (-180, 180]; undefined (0) for an up axis along the
+        viewing axis (pitch +-90).
+    """
+    angles = np.asarray(angles, dtype=np.float64)
+    up = euler_to_matrix(angles[..., 0], angles[..., 1], angles[..., 2])[..., :, 1]
+    return np.degrees(np.arctan2(up[..., 0], up[..., 1]))
+
+
 def mirror_matrix(matrix: np.ndarray) -> np.ndarray:
     """Rotation of the mirrored pose, computed geometrically (used by tests)."""
     return _MIRROR_X @ np.asarray(matrix, dtype=np.float64) @ _MIRROR_X

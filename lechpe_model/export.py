@@ -6,6 +6,8 @@ The graph is ``LECHPENet.forward``::
     output "angles"       (N, 3) degrees (yaw, pitch, roll)
            "uncertainty"  (N, 3) degrees
            "assignment"   (N, K) soft cluster assignment
+           "log_error"    (N, 3) the error head's log |error| (only models with
+                          an error head: ``ModelMetadata.error_head``)
 
 N is a dynamic axis ("batch") unless ``dynamic_batch=False``. The metadata
 JSON of the checkpoint is stored in the model's ``metadata_props`` under
@@ -28,8 +30,17 @@ LOG = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("angles", "uncertainty", "assignment")
+#: The optional fourth output (``network.LECHPENet.error_head``).
+ERROR_OUTPUT_NAME = "log_error"
 SOURCE_HASH_KEY = "lechpe_source_sha256"
 DEFAULT_OPSET = 17
+
+
+def graph_output_names(meta) -> tuple[str, ...]:
+    """The exported graph's outputs for a model with this metadata, in order."""
+    if getattr(meta, "error_head", False):
+        return (*OUTPUT_NAMES, ERROR_OUTPUT_NAME)
+    return OUTPUT_NAMES
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -72,8 +83,9 @@ def export_onnx(
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     size = int(meta.input_size)
     dummy = torch.zeros(2 if dynamic_batch else 1, 3, size, size)
+    output_names = graph_output_names(meta)
     dynamic_axes = (
-        {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)} if dynamic_batch else None
+        {name: {0: "batch"} for name in (INPUT_NAME, *output_names)} if dynamic_batch else None
     )
     fd, tmp = tempfile.mkstemp(prefix=f".{onnx_path.name}.", suffix=".tmp", dir=onnx_path.parent)
     os.close(fd)
@@ -87,7 +99,7 @@ def export_onnx(
                 (dummy,),
                 tmp,
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(output_names),
                 opset_version=int(opset),
                 dynamic_axes=dynamic_axes,
                 do_constant_folding=True,

@@ -3,7 +3,8 @@
 ::
 
     x (N, 3, H, W) -> encoder -> l (N, D) --> heads yaw/pitch/roll -> logits (N, 3, B)
-                                         \\-> Student-t vs centroids -> q (N, K)
+                                         |-> Student-t vs centroids -> q (N, K)
+                                         \\-> optional error head -> log |error| (N, 3)
 
 The encoder is a torchvision classification backbone with its classifier
 removed: the globally pooled feature is the latent embedding ``l_i``
@@ -167,6 +168,12 @@ class LECHPENet(nn.Module):
         mirror_average: inference (``forward``) also runs the horizontally mirrored
             crop and averages the two predictions (test-time mirroring; twice the
             network work). Training (``forward_train``) is unchanged.
+        error_head: add a linear map from the latent (averaged over the crop and its
+            mirror with ``mirror_average``) to ``log |error|`` of each angle; it is
+            not trained with the network but fitted afterwards on validation
+            identities (``lechpe-eval calibrate-uncertainty --error-head-data``,
+            :meth:`set_error_head`) and feeds the published uncertainty
+            (``lechpe_model.uncertainty``). ``forward`` then has a fourth output.
 
     Input: ``(N, 3, H, W)`` float32, RGB normalised with ImageNet mean/std
     (``lechpe_model.preprocessing``), ``H, W >= 32`` (224 in the paper).
@@ -180,6 +187,7 @@ class LECHPENet(nn.Module):
         num_clusters: int = 10,
         pretrained: bool = False,
         mirror_average: bool = False,
+        error_head: bool = False,
     ) -> None:
         super().__init__()
         _check_backbone(backbone)
@@ -197,6 +205,10 @@ class LECHPENet(nn.Module):
         self.heads = nn.ModuleDict(
             {name: nn.Linear(self.latent_dim, self.num_bins) for name in ANGLE_NAMES}
         )
+        self.error_head = nn.Linear(self.latent_dim, 3) if error_head else None
+        if self.error_head is not None:
+            nn.init.zeros_(self.error_head.weight)
+            nn.init.zeros_(self.error_head.bias)
         # Placeholder centres until k-means on stage-1 latents sets them
         # (set_centroids); seeded by the caller's torch seed.
         self.centroids = nn.Parameter(torch.randn(self.num_clusters, self.latent_dim))
@@ -228,14 +240,15 @@ class LECHPENet(nn.Module):
             self.head_logits(latent), latent, soft_assignment(latent, self.centroids)
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Inference / export graph (no data-dependent Python control flow).
 
         Returns:
             ``angles`` (N, 3) degrees (eq. 3, expectation over bin centres),
             ``uncertainty`` (N, 3) degrees (standard deviation of the bin
             centres under the softmax), ``assignment`` (N, K) the soft cluster
-            assignment q (its max / entropy is a confidence signal).
+            assignment q (its max / entropy is a confidence signal), and with an
+            error head a fourth, ``log_error`` (N, 3) (:meth:`estimate_log_error`).
 
         With ``mirror_average`` the mirrored crop's angles are mirrored back
         (yaw and roll negated) and averaged with the crop's; the uncertainty is
@@ -246,12 +259,57 @@ class LECHPENet(nn.Module):
         if not self.mirror_average:
             latent = self.encode(x)
             angles, var = self.decode_logits(self.head_logits(latent))
-            return angles, var.clamp_min(0.0).sqrt(), soft_assignment(latent, self.centroids)
-        n = x.shape[0]
-        latent = self.encode(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
-        both, var_both = self.decode_logits(self.head_logits(latent))
-        angles, uncertainty = self.combine_mirrored(both[:n], var_both[:n], both[n:], var_both[n:])
-        return angles, uncertainty, soft_assignment(latent[:n], self.centroids)
+            out = (angles, var.clamp_min(0.0).sqrt(), soft_assignment(latent, self.centroids))
+            mirrored_latent = None
+        else:
+            n = x.shape[0]
+            both_latents = self.encode(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
+            both, var_both = self.decode_logits(self.head_logits(both_latents))
+            angles, uncertainty = self.combine_mirrored(
+                both[:n], var_both[:n], both[n:], var_both[n:]
+            )
+            latent, mirrored_latent = both_latents[:n], both_latents[n:]
+            out = (angles, uncertainty, soft_assignment(latent, self.centroids))
+        if self.error_head is None:
+            return out
+        return (*out, self.estimate_log_error(latent, mirrored_latent))
+
+    @staticmethod
+    def error_head_input(
+        latent: torch.Tensor, mirrored_latent: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """What the error head reads: the latent, averaged with the mirrored crop's
+        when there is one (so a face and its mirror image get the same estimate)."""
+        return latent if mirrored_latent is None else 0.5 * (latent + mirrored_latent)
+
+    def estimate_log_error(
+        self, latent: torch.Tensor, mirrored_latent: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(N, 3)`` the error head's ``log |error|`` (degrees) of (yaw, pitch, roll)."""
+        if self.error_head is None:
+            raise ValueError("this model has no error head (error_head=False)")
+        return self.error_head(self.error_head_input(latent, mirrored_latent))
+
+    @torch.no_grad()
+    def set_error_head(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Install fitted error-head coefficients (creating the head if absent).
+
+        Args:
+            weight: ``(3, D)``; bias: ``(3,)``; finite.
+        """
+        w = torch.as_tensor(np.asarray(weight, dtype=np.float32))
+        b = torch.as_tensor(np.asarray(bias, dtype=np.float32))
+        if tuple(w.shape) != (3, self.latent_dim) or tuple(b.shape) != (3,):
+            raise ValueError(
+                f"error head needs weight (3, {self.latent_dim}) and bias (3,), got "
+                f"{tuple(w.shape)} and {tuple(b.shape)}"
+            )
+        if not (torch.isfinite(w).all() and torch.isfinite(b).all()):
+            raise ValueError("error head coefficients contain NaN or infinite values")
+        if self.error_head is None:
+            self.error_head = nn.Linear(self.latent_dim, 3).to(self.centroids.device)
+        self.error_head.weight.copy_(w)
+        self.error_head.bias.copy_(b)
 
     def decode_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, 3, B)`` logits -> expectation (eq. 3) and variance of the bin centres
@@ -304,6 +362,7 @@ class LECHPENet(nn.Module):
             "bin_width": self.bin_width,
             "num_clusters": self.num_clusters,
             "mirror_average": self.mirror_average,
+            "error_head": self.error_head is not None,
         }
 
 
@@ -311,7 +370,7 @@ def build_model(config: Mapping[str, Any] | Any, pretrained: bool | None = None)
     """Build a :class:`LECHPENet` from a config dict or a ``ModelMetadata``-like object.
 
     Accepted keys / attributes: ``backbone`` or ``architecture``, ``num_bins``,
-    ``bin_width``, ``num_clusters``, ``mirror_average`` (default False),
+    ``bin_width``, ``num_clusters``, ``mirror_average``, ``error_head`` (default False),
     ``pretrained`` (default False; the ``pretrained`` argument overrides it).
     """
     if isinstance(config, Mapping):
@@ -329,4 +388,5 @@ def build_model(config: Mapping[str, Any] | Any, pretrained: bool | None = None)
         num_clusters=int(get("num_clusters", 10)),
         pretrained=bool(get("pretrained", False)) if pretrained is None else pretrained,
         mirror_average=bool(get("mirror_average", False)),
+        error_head=bool(get("error_head", False)),
     )

@@ -20,10 +20,11 @@ the detector's calibrated values (``FaceDetector.crop_margin``,
 landmark box (``preprocessing.TEST_MARGIN``).
 
 Tilted heads: the network is most accurate on upright faces and, on real
-photos, follows only part of an in-plane tilt. A face whose predicted |roll|
-exceeds ``derotate_above_deg`` (default 15) and 1.5 of its published roll
-uncertainty (``DEROTATE_MIN_SIGMAS``) is cropped again from the frame turned
-upright about the crop centre (``preprocessing.rotated_crop``), the crop grown
+photos, follows only part of an in-plane tilt. A face whose estimated tilt in
+the image (``conventions.image_tilt``: the angle of the head's up axis as seen,
+which is the roll only for a frontal head) exceeds ``derotate_above_deg``
+(default 15) is cropped again from the frame turned upright about the crop
+centre (``preprocessing.rotated_crop``), the crop grown
 by the detector's ``turned_box_scale`` (a detector's box shrinks on a turned
 face); the network runs on that crop, and its answer is turned back exactly
 (``conventions.rotate_in_image_plane``): a second, batched network call for the
@@ -50,7 +51,7 @@ import cv2
 import numpy as np
 
 from lechpe_model.backends import Backend, PoseOutputs
-from lechpe_model.conventions import ANGLE_NAMES, rotate_in_image_plane
+from lechpe_model.conventions import ANGLE_NAMES, image_tilt, rotate_in_image_plane
 from lechpe_model.detection import FaceDetection, FaceDetector, keep_largest
 from lechpe_model.image_checks import DEFAULT_MAX_SIDE, InvalidImage, to_bgr8
 from lechpe_model.preprocessing import crop_face, expand_box, preprocess_crops, rotated_crop
@@ -63,14 +64,10 @@ LOG = logging.getLogger(__name__)
 #: 0 in the library: frames of one stream may be unrelated photos (``lechpe-infer``
 #: on a folder), where a predicted face would be a ghost; the node sets 15.
 DEFAULT_TRACK_MAX_MISSES = 0
-#: Faces whose predicted |roll| exceeds this many degrees are re-cropped upright
+#: Faces whose estimated |tilt| in the image exceeds this many degrees are re-cropped upright
 #: (``derotate_above_deg``; negative: never). Chosen on held-out identities and the
 #: real-photo consistency check (docs/RESULTS.md, "Tilted heads").
 DEFAULT_DEROTATE_ABOVE_DEG = 15.0
-#: ... and only when |roll| also exceeds this many of its own published roll
-#: uncertainties: an uncertain roll (often an occluded face) is no basis for turning
-#: the crop (on occluded held-out faces, turning on roll alone cost 0.2-0.4 deg).
-DEROTATE_MIN_SIGMAS = 1.5
 #: Stages reported in ``EstimateResult.timings_ms`` (decode only for encoded input).
 STAGES = ("decode", "detect", "preprocess", "network", "postprocess")
 
@@ -215,9 +212,9 @@ class PoseEstimator:
         track_min_confidence: a predicted (``tracked``) face whose network
             confidence is below this ends its track and is not reported (the
             network says the box holds no face any more); 0 disables.
-        derotate_above_deg: faces whose predicted |roll| exceeds this (and 1.5 of
-            its roll uncertainty) are estimated again on a crop turned upright
-            (module docstring); negative disables.
+        derotate_above_deg: faces whose estimated tilt in the image
+            (``conventions.image_tilt``) exceeds this are estimated again on a crop
+            turned upright (module docstring); negative disables.
     """
 
     def __init__(
@@ -325,36 +322,37 @@ class PoseEstimator:
         turned = np.zeros(len(crop_boxes))
         if self.derotate_above_deg < 0 or not len(crop_boxes):
             return outputs, crop_boxes, turned
-        roll = outputs.angles[:, 2].astype(np.float64)
         finite = np.isfinite(outputs.angles).all(axis=1)  # non-finite rows are dropped later
-        sure = np.abs(roll) > DEROTATE_MIN_SIGMAS * outputs.uncertainty[:, 2]
-        tilted = np.flatnonzero(finite & sure & (np.abs(roll) > self.derotate_above_deg))
+        # the head's tilt in the image, not its roll: a turned head's roll is not how far
+        # it leans in the picture (conventions.image_tilt)
+        tilt = image_tilt(np.where(finite[:, None], outputs.angles, 0.0))
+        tilted = np.flatnonzero(finite & (np.abs(tilt) > self.derotate_above_deg))
         if not tilted.size:
             return outputs, crop_boxes, turned
         # own the first call's arrays: a backend may reuse its output buffers
-        outputs = PoseOutputs(
-            outputs.angles.copy(), outputs.uncertainty.copy(), outputs.assignment.copy()
-        )
+        outputs = outputs.rows(slice(None))
         start = time.perf_counter()
         # the detector's box shrinks on a turned face: the upright crop is grown back
-        scale = getattr(self.detector, "turned_box_scale", lambda roll: 1.0)
+        scale = getattr(self.detector, "turned_box_scale", lambda turn: 1.0)
         for i in tilted:
-            crop_boxes[i] = expand_box(crop_boxes[i], 0.5 / scale(roll[i]) - 0.5)
-        # turning the frame clockwise by -roll makes the head upright
+            crop_boxes[i] = expand_box(crop_boxes[i], 0.5 / scale(tilt[i]) - 0.5)
+        # turning the frame clockwise by -tilt makes the head upright
         batch = preprocess_crops(
-            [rotated_crop(bgr, crop_boxes[i], -roll[i]) for i in tilted],
+            [rotated_crop(bgr, crop_boxes[i], -tilt[i]) for i in tilted],
             self.input_size,
             self.mean,
             self.std,
         )
         timings["preprocess"] += (time.perf_counter() - start) * 1e3
         upright = self._infer(batch, timings)
-        outputs.angles[tilted] = rotate_in_image_plane(upright.angles, roll[tilted]).astype(
+        outputs.angles[tilted] = rotate_in_image_plane(upright.angles, tilt[tilted]).astype(
             outputs.angles.dtype
         )
         outputs.uncertainty[tilted] = upright.uncertainty
         outputs.assignment[tilted] = upright.assignment
-        turned[tilted] = -roll[tilted]
+        if outputs.log_error is not None:
+            outputs.log_error[tilted] = upright.log_error
+        turned[tilted] = -tilt[tilted]
         return outputs, crop_boxes, turned
 
     def _infer(self, batch: np.ndarray, timings: dict[str, float]) -> PoseOutputs:

@@ -6,8 +6,9 @@ trained model it is 30-45 deg while the errors are 3-15 deg, and per face it
 does not rank the errors (it is even anti-correlated: a face at the edge of the
 bin range has a truncated, narrower softmax but a larger error).
 
-This module maps what every backend outputs - the angles, the raw spreads and
-the soft cluster assignment - to ``sigma``, an estimate of the error's standard
+This module maps what every backend outputs - the angles, the raw spreads,
+the soft cluster assignment and, for a model with one, the error head's
+``log |error|`` - to ``sigma``, an estimate of the error's standard
 deviation, by a per-angle log-linear model fitted on **validation identities**
 (never the test ones)::
 
@@ -15,11 +16,19 @@ deviation, by a per-angle log-linear model fitted on **validation identities**
 
 ``features`` (:data:`FEATURE_NAMES`): 1, the log raw spreads of the three
 angles, ``|angle| / 90`` and ``(|angle| / 90)^2`` of yaw and pitch, ``|roll| /
-90`` and the cluster confidence ``1 - H(q) / log K``. ``w_k`` is the ridge
-least-squares fit of ``log |error_k|`` (for a Gaussian error,
-``E log|e| = log sigma - 0.64``, so the fit is ``log sigma`` up to a constant)
-and ``s_k`` sets that constant so that 68.27 % of the validation errors lie
-within ``+-sigma`` (the coverage of one standard deviation).
+90`` and the cluster confidence ``1 - H(q) / log K``; with an error head
+(:data:`ERROR_HEAD_FEATURE_NAMES`, kind ``loglinear-v2``) also its three
+outputs. ``w_k`` is the ridge least-squares fit of ``log |error_k|`` (for a
+Gaussian error, ``E log|e| = log sigma - 0.64``, so the fit is ``log sigma`` up
+to a constant) and ``s_k`` sets that constant so that 68.27 % of the validation
+errors lie within ``+-sigma`` (the coverage of one standard deviation).
+
+The error head (``network.LECHPENet.error_head``) is a linear map from the
+latent embedding (averaged over the crop and its mirror) to ``log |error|`` of
+each angle, fitted by :func:`fit_error_head` on other renders of the
+validation identities than the log-linear model: the softmax spreads know
+little about which faces are hard (a face seen in profile, an occluder over the
+eyes), the embedding knows more.
 
 The coefficients live in the checkpoint metadata (``uncertainty_calibration``)
 and are applied after the network in NumPy (``apply_calibration``), so the
@@ -51,8 +60,17 @@ FEATURE_NAMES = (
 #: Fraction of a Gaussian within +-1 standard deviation.
 ONE_SIGMA_COVERAGE = 0.6827
 
+#: The error head's outputs, appended to the features by kind ``loglinear-v2``.
+ERROR_HEAD_FEATURE_NAMES = ("log_error_yaw", "log_error_pitch", "log_error_roll")
+
 #: Version of this feature set / formula, stored with the coefficients.
 CALIBRATION_KIND = "loglinear-v1"
+#: The same with the error head's outputs as three more features.
+CALIBRATION_KIND_ERROR_HEAD = "loglinear-v2"
+_FEATURES_OF_KIND = {
+    CALIBRATION_KIND: FEATURE_NAMES,
+    CALIBRATION_KIND_ERROR_HEAD: FEATURE_NAMES + ERROR_HEAD_FEATURE_NAMES,
+}
 
 # Floors keep log() finite for a one-hot softmax and a perfect prediction.
 _MIN_STD = 0.05
@@ -72,27 +90,33 @@ def cluster_confidence(assignment: np.ndarray) -> np.ndarray:
 
 
 def uncertainty_features(
-    angles: np.ndarray, raw_std: np.ndarray, assignment: np.ndarray
+    angles: np.ndarray,
+    raw_std: np.ndarray,
+    assignment: np.ndarray,
+    log_error: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``(N, F)`` float64 inputs of the model (:data:`FEATURE_NAMES`).
+    """``(N, F)`` float64 inputs of the model (:data:`FEATURE_NAMES`, then
+    :data:`ERROR_HEAD_FEATURE_NAMES` when ``log_error`` is given).
 
     Args:
         angles: ``(N, 3)`` predicted degrees (yaw, pitch, roll).
         raw_std: ``(N, 3)`` standard deviations of the bin softmaxes (degrees).
         assignment: ``(N, K)`` soft cluster assignment q.
+        log_error: ``(N, 3)`` the error head's output, or None.
     """
     angles = np.asarray(angles, dtype=np.float64).reshape(-1, 3)
     raw_std = np.asarray(raw_std, dtype=np.float64).reshape(-1, 3)
     a = np.abs(angles) / 90.0
-    return np.column_stack(
-        [
-            np.ones(len(angles)),
-            np.log(np.maximum(raw_std, _MIN_STD)),
-            a,
-            a[:, :2] ** 2,
-            cluster_confidence(np.asarray(assignment).reshape(len(angles), -1)),
-        ]
-    )
+    columns = [
+        np.ones(len(angles)),
+        np.log(np.maximum(raw_std, _MIN_STD)),
+        a,
+        a[:, :2] ** 2,
+        cluster_confidence(np.asarray(assignment).reshape(len(angles), -1)),
+    ]
+    if log_error is not None:
+        columns.append(np.asarray(log_error, dtype=np.float64).reshape(-1, 3))
+    return np.column_stack(columns)
 
 
 @dataclass(frozen=True)
@@ -103,17 +127,25 @@ class UncertaintyCalibration:
         weights: ``(3, F)`` per angle (yaw, pitch, roll).
         scale: ``(3,)`` coverage factors ``s_k``.
         fitted_on: free text (data, faces) for provenance.
+        kind: :data:`CALIBRATION_KIND`, or :data:`CALIBRATION_KIND_ERROR_HEAD`
+            when the features include the error head's outputs.
     """
 
     weights: np.ndarray
     scale: np.ndarray
     fitted_on: str = ""
+    kind: str = CALIBRATION_KIND
+
+    @property
+    def uses_error_head(self) -> bool:
+        """True when ``sigma`` needs the error head's ``log_error`` output."""
+        return self.kind == CALIBRATION_KIND_ERROR_HEAD
 
     def to_dict(self) -> dict:
         """JSON-ready dict (the checkpoint metadata field ``uncertainty_calibration``)."""
         return {
-            "kind": CALIBRATION_KIND,
-            "features": list(FEATURE_NAMES),
+            "kind": self.kind,
+            "features": list(_FEATURES_OF_KIND[self.kind]),
             "weights": {a: [float(v) for v in self.weights[k]] for k, a in enumerate(_ANGLES)},
             "scale": {a: float(self.scale[k]) for k, a in enumerate(_ANGLES)},
             "coverage": ONE_SIGMA_COVERAGE,
@@ -125,12 +157,14 @@ class UncertaintyCalibration:
         """Validate a metadata dict; raises ``ValueError`` naming the problem."""
         if not isinstance(data, dict):
             raise ValueError(f"uncertainty_calibration must be a JSON object, got {data!r}")
-        if data.get("kind") != CALIBRATION_KIND:
+        kind = data.get("kind")
+        if kind not in _FEATURES_OF_KIND:
             raise ValueError(
-                f"uncertainty_calibration kind {data.get('kind')!r} is not supported "
-                f"(this code reads {CALIBRATION_KIND!r})"
+                f"uncertainty_calibration kind {kind!r} is not supported "
+                f"(this code reads {' and '.join(repr(k) for k in _FEATURES_OF_KIND)})"
             )
-        if list(data.get("features", [])) != list(FEATURE_NAMES):
+        names = _FEATURES_OF_KIND[kind]
+        if list(data.get("features", [])) != list(names):
             raise ValueError("uncertainty_calibration features differ from this code's")
         weights, scale = data.get("weights"), data.get("scale")
         if not isinstance(weights, dict) or not isinstance(scale, dict):
@@ -140,17 +174,35 @@ class UncertaintyCalibration:
             s = np.array([float(scale[a]) for a in _ANGLES])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"uncertainty_calibration has a bad weight or scale: {exc}") from exc
-        if w.shape != (3, len(FEATURE_NAMES)) or not np.all(np.isfinite(w)):
+        if w.shape != (3, len(names)) or not np.all(np.isfinite(w)):
             raise ValueError(
-                f"uncertainty_calibration weights must be 3 x {len(FEATURE_NAMES)} finite numbers"
+                f"uncertainty_calibration weights must be 3 x {len(names)} finite numbers"
             )
         if not np.all(np.isfinite(s)) or np.any(s <= 0):
             raise ValueError("uncertainty_calibration scale must be finite and > 0")
-        return cls(w, s, str(data.get("fitted_on", "")))
+        return cls(w, s, str(data.get("fitted_on", "")), kind)
 
-    def sigma(self, angles: np.ndarray, raw_std: np.ndarray, assignment: np.ndarray) -> np.ndarray:
-        """``(N, 3)`` float64 calibrated standard deviations (degrees)."""
-        x = uncertainty_features(angles, raw_std, assignment)
+    def sigma(
+        self,
+        angles: np.ndarray,
+        raw_std: np.ndarray,
+        assignment: np.ndarray,
+        log_error: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``(N, 3)`` float64 calibrated standard deviations (degrees).
+
+        Raises:
+            ValueError: the calibration uses the error head but ``log_error`` is None.
+        """
+        if not self.uses_error_head:
+            log_error = None
+        elif log_error is None:
+            raise ValueError(
+                "this uncertainty calibration uses the error head's output (log_error), "
+                "which the network did not give: re-export the ONNX / TensorRT model "
+                "from its checkpoint"
+            )
+        x = uncertainty_features(angles, raw_std, assignment, log_error)
         # Clip the exponent: a wild input must not give inf (kept finite, <= ~1e4 deg).
         return self.scale * np.exp(np.clip(x @ self.weights.T, -20.0, 9.0))
 
@@ -163,12 +215,14 @@ def fit_calibration(
     ridge: float = 1e-3,
     coverage: float = ONE_SIGMA_COVERAGE,
     fitted_on: str = "",
+    log_error: np.ndarray | None = None,
 ) -> UncertaintyCalibration:
     """Fit the per-angle log-linear model on validation faces.
 
     Args:
-        angles, raw_std, assignment: network outputs of N faces (see
-            :func:`uncertainty_features`).
+        angles, raw_std, assignment, log_error: network outputs of N faces (see
+            :func:`uncertainty_features`); with ``log_error`` the calibration is
+            of kind :data:`CALIBRATION_KIND_ERROR_HEAD`.
         abs_error: ``(N, 3)`` absolute errors (degrees) against the labels.
         ridge: L2 penalty on the non-bias weights (stabilises small sets).
         coverage: fraction of validation errors within +-sigma after scaling.
@@ -176,7 +230,7 @@ def fit_calibration(
     Raises:
         ValueError: fewer than 2 * F faces, or non-finite inputs.
     """
-    x = uncertainty_features(angles, raw_std, assignment)
+    x = uncertainty_features(angles, raw_std, assignment, log_error)
     err = np.asarray(abs_error, dtype=np.float64).reshape(-1, 3)
     if len(x) != len(err):
         raise ValueError(f"{len(x)} predictions but {len(err)} errors")
@@ -193,7 +247,41 @@ def fit_calibration(
         weights[k] = np.linalg.solve(x.T @ x + penalty, x.T @ target)
         ratio = err[:, k] / np.exp(x @ weights[k])
         scale[k] = max(float(np.quantile(ratio, coverage)), 1e-6)
-    return UncertaintyCalibration(weights, scale, fitted_on)
+    kind = CALIBRATION_KIND if log_error is None else CALIBRATION_KIND_ERROR_HEAD
+    return UncertaintyCalibration(weights, scale, fitted_on, kind)
+
+
+def fit_error_head(
+    latent: np.ndarray, abs_error: np.ndarray, ridge: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fit the error head: ridge regression of ``log |error|`` on the latent.
+
+    Args:
+        latent: ``(N, D)`` what the head reads (``LECHPENet.error_head_input``).
+        abs_error: ``(N, 3)`` absolute errors (degrees) against the labels.
+        ridge: L2 penalty (scikit-learn's ``alpha``; the latent is not standardised).
+
+    Returns:
+        ``(weight (3, D), bias (3,))`` float32 for ``LECHPENet.set_error_head``.
+
+    Raises:
+        ValueError: mismatched lengths, fewer than 2 faces, non-finite inputs or a
+        ridge that is not > 0.
+    """
+    from sklearn.linear_model import Ridge
+
+    x = np.asarray(latent, dtype=np.float64)
+    err = np.asarray(abs_error, dtype=np.float64).reshape(-1, 3)
+    if x.ndim != 2 or len(x) != len(err):
+        raise ValueError(f"need (N, D) latents and (N, 3) errors, got {x.shape} and {err.shape}")
+    if len(x) < 2:
+        raise ValueError(f"need at least 2 faces to fit the error head, got {len(x)}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(err))):
+        raise ValueError("non-finite latents or errors")
+    if not ridge > 0:
+        raise ValueError(f"ridge must be > 0, got {ridge!r}")
+    fit = Ridge(alpha=float(ridge)).fit(x, np.log(np.maximum(err, _MIN_ERROR)))
+    return fit.coef_.astype(np.float32), fit.intercept_.astype(np.float32)
 
 
 def apply_calibration(
@@ -201,11 +289,13 @@ def apply_calibration(
     angles: np.ndarray,
     raw_std: np.ndarray,
     assignment: np.ndarray,
+    log_error: np.ndarray | None = None,
 ) -> np.ndarray:
     """The published uncertainty: calibrated sigma, or ``raw_std`` when uncalibrated.
 
     Args:
         calibration: the metadata field (dict), a fitted object, or None / {}.
+        log_error: the error head's output (needed by a ``loglinear-v2`` calibration).
 
     Returns:
         ``(N, 3)`` float32 degrees.
@@ -214,7 +304,7 @@ def apply_calibration(
         return np.asarray(raw_std, dtype=np.float32).reshape(-1, 3)
     if isinstance(calibration, dict):
         calibration = UncertaintyCalibration.from_dict(calibration)
-    return calibration.sigma(angles, raw_std, assignment).astype(np.float32)
+    return calibration.sigma(angles, raw_std, assignment, log_error).astype(np.float32)
 
 
 def rank_and_coverage(sigma: np.ndarray, abs_error: np.ndarray) -> dict:
@@ -251,4 +341,5 @@ def calibrated_outputs_uncertainty(outputs, metadata) -> np.ndarray:
         outputs.angles,
         outputs.uncertainty,
         outputs.assignment,
+        getattr(outputs, "log_error", None),
     )

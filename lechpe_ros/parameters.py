@@ -190,9 +190,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "derotate_above_deg",
         15.0,
         "double",
-        "A face whose estimated |roll| exceeds this (and 1.5 of its roll uncertainty) is "
-        "estimated again on a crop turned upright, and the answer turned back exactly (a "
-        "second network call for tilted faces only); negative: off.",
+        "A face whose estimated tilt in the image (the angle of its up axis as seen; the "
+        "roll only for a frontal head) exceeds this is estimated again on a crop turned "
+        "upright, and the answer turned back exactly (a second network call for tilted "
+        "faces only); negative: off.",
         range=(-1.0, 180.0),
     ),
     ParamSpec(

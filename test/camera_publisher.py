@@ -41,9 +41,12 @@ def main() -> int:
     args = parser.parse_args()
     rclpy.init()
     node = rclpy.create_node("test_camera")
+    # A reliable writer keeps every frame of the run: a reader whose own side of the
+    # match completes a little after the first frames (a loaded machine) gets them
+    # re-sent instead of finding them already dropped from a short history.
     qos = QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
-        depth=5,
+        depth=5 if args.best_effort else max(5, args.frames),
         reliability=ReliabilityPolicy.BEST_EFFORT
         if args.best_effort
         else ReliabilityPolicy.RELIABLE,

@@ -277,6 +277,29 @@ def test_rotate_in_image_plane_matches_projected_points():
         assert not np.allclose(new, [yaw, pitch, roll + theta], atol=0.5)
 
 
+def test_image_tilt_adds_the_image_turn_and_is_the_roll_only_when_frontal():
+    from lechpe_model.conventions import euler_to_matrix, image_tilt, rotate_in_image_plane
+
+    rng = np.random.default_rng(7)
+    poses = rng.uniform([-85, -50, -50], [85, 50, 50], (200, 3))
+    thetas = rng.uniform(-60, 60, 200)
+    turned = image_tilt(rotate_in_image_plane(poses, thetas))
+    wrapped = (turned - image_tilt(poses) - thetas + 180.0) % 360.0 - 180.0
+    np.testing.assert_allclose(wrapped, 0.0, atol=1e-6)
+    # turning by -tilt makes the projected up axis point straight up
+    upright = rotate_in_image_plane(poses, -image_tilt(poses))
+    up = euler_to_matrix(upright[:, 0], upright[:, 1], upright[:, 2])[:, :, 1]
+    np.testing.assert_allclose(up[:, 0], 0.0, atol=1e-9)
+    assert np.all(up[:, 1] > 0)
+    # a frontal head: the roll; a head at yaw 90: no tilt whatever its roll
+    assert image_tilt(np.array([0.0, 0.0, 23.0])) == pytest.approx(23.0)
+    assert image_tilt(np.array([90.0, 10.0, 40.0])) == pytest.approx(0.0, abs=1e-9)
+    # hand-computed: yaw 60, roll 20 -> up = (cos60 sin20, cos20, .) -> atan(0.5 tan 20)
+    assert image_tilt(np.array([60.0, 0.0, 20.0])) == pytest.approx(
+        np.degrees(np.arctan(0.5 * np.tan(np.radians(20.0))))
+    )
+
+
 def test_ray_relative_quaternion_matches_the_euler_round_trip():
     from lechpe_model.conventions import (
         euler_to_quaternion,

@@ -445,3 +445,131 @@ def test_calibrate_uncertainty_writes_a_calibrated_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*mirror_tmp*")) == []  # temp copy removed
     fit = json.load(open(tmp_path / "cal_mirror_calibration.json"))["calibration"]
     assert fit["weights"] != report["calibration"]["weights"]  # other outputs, other fit
+
+
+def test_calibrate_uncertainty_fits_an_error_head_on_other_renders(tmp_path):
+    from lechpe_model.checkpoint import load_checkpoint, read_metadata
+    from lechpe_model.uncertainty import UncertaintyCalibration
+
+    torch.manual_seed(0)
+    net = LECHPENet("mobilenet_v3_small", num_clusters=2, mirror_average=True)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, net, {"data": {"test_margin": 0.25}}, input_size=64)
+    data, head_data = tmp_path / "val", tmp_path / "val_head"
+    write_300wlp(str(data), 30, seed=1, size=80)
+    write_identity_index(data, np.repeat(np.arange(10), 3))
+    write_300wlp(str(head_data), 24, seed=2, size=80)
+    write_identity_index(head_data, np.repeat(np.arange(8), 3))
+    out = tmp_path / "cal.safetensors"
+    args = ["calibrate-uncertainty", "--checkpoint", str(ckpt), "--data", str(data)]
+    args += ["--error-head-data", str(head_data), "--error-head-ridges", "0.1,1e6"]
+    assert evaluate.main([*args, "--out", str(out), "--split", "all", "--no-plot"]) == 0
+    meta = read_metadata(out)
+    assert meta.error_head
+    cal = UncertaintyCalibration.from_dict(meta.uncertainty_calibration)
+    assert (
+        cal.uses_error_head and "error head (ridge" in cal.fitted_on and "30 faces" in cal.fitted_on
+    )
+    report = json.load(open(tmp_path / "cal_calibration.json"))
+    head = report["error_head"]
+    assert set(head["scores"]) == {"0.1", "1000000.0"} and head["faces"] == 24
+    assert head["scores"][str(head["ridge"])] == max(head["scores"].values())
+    # the written head is what an independent ridge fit on the head set gives
+    from sklearn.linear_model import Ridge
+
+    from training.evaluate import evaluate_sets
+
+    ev = evaluate_sets(str(ckpt), str(head_data), None, device="cpu")["sets"]["non_occluded"]
+    r = ev["result"]
+    target = np.log(np.maximum(np.abs(r["angles"] - r["target"]), 0.05))
+    want = Ridge(alpha=head["ridge"]).fit(r["head_input"], target)
+    model, _ = load_checkpoint(out)
+    np.testing.assert_allclose(model.error_head.weight.detach().numpy(), want.coef_, atol=1e-3)
+    np.testing.assert_allclose(model.error_head.bias.detach().numpy(), want.intercept_, atol=1e-3)
+    for k, v in net.state_dict().items():  # the network itself is unchanged
+        torch.testing.assert_close(model.state_dict()[k], v)
+    # lechpe-eval publishes the v2 sigma from the head's output; on the fitting set
+    # its coverage is the target by construction
+    ev_dir = tmp_path / "ev"
+    assert evaluate.main(["--model", str(out), "--data", str(data), "--out", str(ev_dir)]) == 0
+    unc = json.load(open(ev_dir / "protocol.json"))["sets"]["non_occluded"]["uncertainty"]
+    assert unc["published"]["coverage_1sigma"] == report["fit_set"]["coverage_1sigma"]
+    # recalibrating the calibrated file without head data keeps its head and uses it
+    again = tmp_path / "again.safetensors"
+    args = ["calibrate-uncertainty", "--checkpoint", str(out), "--data", str(data)]
+    assert evaluate.main([*args, "--out", str(again), "--split", "all", "--no-plot"]) == 0
+    assert UncertaintyCalibration.from_dict(
+        read_metadata(again).uncertainty_calibration
+    ).uses_error_head
+    bad = [*args, "--out", str(again), "--error-head-data", str(head_data)]
+    with pytest.raises(SystemExit, match="--error-head-ridges must be > 0"):
+        evaluate.main([*bad, "--error-head-ridges", "0"])
+    with pytest.raises(SystemExit, match="not a comma-separated list"):
+        evaluate.main([*bad, "--error-head-ridges", "a,b"])
+
+
+def test_detector_crops_are_the_runtimes_crops_and_misses_are_counted(tmp_path, monkeypatch):
+    """--detector-crops / --add-detector-crops: each face found is cropped from the
+    detector's deployed square (training.detector_boxes), the missed ones are counted."""
+    import lechpe_model.detection as detection
+    from lechpe_model.checkpoint import read_metadata
+    from lechpe_model.detection import FaceDetection, FaceDetector
+    from lechpe_model.uncertainty import UncertaintyCalibration
+    from training import detector_boxes as db
+
+    torch.manual_seed(0)
+    net = LECHPENet("mobilenet_v3_small", num_clusters=2)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, net, {"data": {"test_margin": 0.25}}, input_size=64)
+    data = tmp_path / "val"
+    write_300wlp(str(data), 30, seed=1, size=80)
+    write_identity_index(data, np.repeat(np.arange(10), 3))
+    samples = load_dataset(str(data)).samples
+
+    def moved(box):  # the labelled face moved right by 10 % of its width
+        x1, y1, x2, y2 = (float(v) for v in box)
+        shift = 0.1 * (x2 - x1)
+        return np.array([x1 + shift, y1, x2 + shift, y2], np.float32)
+
+    class EveryThirdMissed(FaceDetector):
+        """Sees the faces in the data's order (one call per face); misses every third."""
+
+        name = "every_third_missed"
+        crop_margin, crop_shift_y = 0.3, 0.05
+
+        def __init__(self):
+            super().__init__(max_input_side=0)
+            self.index = 0
+
+        def _detect(self, image):
+            box = moved(samples[self.index].box)
+            self.index += 1
+            return [] if self.index % 3 == 0 else [FaceDetection(box, 0.9)]
+
+    monkeypatch.setattr(detection, "create_detector", lambda name, **kw: EveryThirdMissed())
+    both = evaluate.evaluate_sets(str(ckpt), str(data), None, detector_crops="x")
+    s = both["sets"]["non_occluded"]
+    assert s["missed_by_detector"] == 10 and s["crops"] == "landmark + x detector"
+    assert len(s["keys"]) == 30 + 20
+    only = evaluate.evaluate_sets(
+        str(ckpt), str(data), None, detector_crops="x", landmark_crops=False
+    )["sets"]["non_occluded"]
+    assert only["crops"] == "x detector" and len(only["keys"]) == 20
+    # the crop of a found face is the runtime's: its deployed square, as a landmark box
+    _, detected = db.detector_crop_samples(samples[:1], EveryThirdMissed())
+    want = db.landmark_equivalent_box(db.deployed_square(moved(samples[0].box), 0.3, 0.05))
+    np.testing.assert_allclose(detected[0].box, want, atol=1e-4)
+    # the CLIs: the protocol names the crops and the misses; the calibration its data
+    out = tmp_path / "ev"
+    args = ["--model", str(ckpt), "--data", str(data), "--out", str(out), "--no-plots"]
+    assert evaluate.main([*args, "--detector-crops", "x"]) == 0
+    text = (out / "protocol.md").read_text()
+    assert "clean: 20 faces of 10 identities, x detector crops (10 faces missed by" in text
+    cal = tmp_path / "cal.safetensors"
+    args = ["calibrate-uncertainty", "--checkpoint", str(ckpt), "--data", str(data)]
+    args += ["--add-detector-crops", "x", "--out", str(cal), "--split", "all", "--no-plot"]
+    assert evaluate.main(args) == 0
+    fitted_on = UncertaintyCalibration.from_dict(
+        read_metadata(cal).uncertainty_calibration
+    ).fitted_on
+    assert "50 faces" in fitted_on and "landmark and x detector crops" in fitted_on

@@ -125,6 +125,42 @@ def test_mirror_average_is_the_mean_of_the_two_views_and_their_mixture_spread():
     assert build_model(single.config()).mirror_average is False
 
 
+@pytest.mark.parametrize("mirror_average", [False, True], ids=["single", "mirror_average"])
+def test_error_head_is_a_linear_map_of_the_mirror_averaged_latent(mirror_average):
+    torch.manual_seed(0)
+    plain = LECHPENet("mobilenet_v3_small", num_clusters=3, mirror_average=mirror_average).eval()
+    assert plain.error_head is None and len(plain(torch.randn(1, 3, 64, 64))) == 3
+    with pytest.raises(ValueError, match="no error head"):
+        plain.estimate_log_error(torch.zeros(1, plain.latent_dim))
+    rng = np.random.default_rng(1)
+    weight = rng.normal(0, 0.05, (3, plain.latent_dim)).astype(np.float32)
+    bias = np.array([1.0, 0.5, -0.25], np.float32)
+    plain.set_error_head(weight, bias)  # creates the head
+    assert plain.config()["error_head"] is True
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        angles, sigma, q, log_error = plain(x)
+        latent = plain.encode(x).double().numpy()
+        mirrored = plain.encode(torch.flip(x, dims=[3])).double().numpy()
+    read = (latent + mirrored) / 2 if mirror_average else latent
+    np.testing.assert_allclose(log_error.numpy(), read @ weight.T + bias, atol=1e-4)
+    if mirror_average:  # a face and its mirror image get the same estimate
+        with torch.no_grad():
+            flipped = plain(torch.flip(x, dims=[3]))[3].numpy()
+        np.testing.assert_allclose(flipped, log_error.numpy(), atol=1e-4)
+    # the other outputs are those of the model without the head
+    rebuilt = build_model(plain.config()).eval()
+    assert rebuilt.error_head is not None
+    plain.error_head = None
+    with torch.no_grad():
+        for got, want in zip((angles, sigma, q), plain(x), strict=True):
+            torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match=r"weight \(3, 576\) and bias \(3,\), got \(3, 5\)"):
+        plain.set_error_head(np.zeros((3, 5)), np.zeros(3))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        plain.set_error_head(np.full((3, 576), np.nan), np.zeros(3))
+
+
 def test_batch_of_one_equals_batch_of_n(small_model):
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
@@ -187,6 +223,7 @@ def test_build_model_from_dict_and_metadata_like():
         "bin_width": 3.0,
         "num_clusters": 7,
         "mirror_average": False,
+        "error_head": False,
     }
 
 

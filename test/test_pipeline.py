@@ -14,10 +14,10 @@ skimage_data = pytest.importorskip("skimage.data")
 from lechpe_model import preprocessing as pp  # noqa: E402
 from lechpe_model.backends import create_backend  # noqa: E402
 from lechpe_model.cli.bench import random_checkpoint  # noqa: E402
-from lechpe_model.conventions import rotate_in_image_plane  # noqa: E402
+from lechpe_model.conventions import image_tilt, rotate_in_image_plane  # noqa: E402
 from lechpe_model.detection import create_detector  # noqa: E402
 from lechpe_model.pipeline import (  # noqa: E402
-    DEROTATE_MIN_SIGMAS,
+    DEFAULT_DEROTATE_ABOVE_DEG,
     PoseEstimator,
     confidence_from_assignment,
 )
@@ -77,18 +77,15 @@ def test_astronaut_pose_matches_direct_composition(estimator, detector, backend,
     (det,) = detector.detect(astronaut)
     crop_box = pp.expand_box(det.box, detector.crop_margin, shift_y=detector.crop_shift_y)
     expected = backend.infer(pp.preprocess_crops([pp.crop_face(astronaut, crop_box)]))
-    roll = float(expected.angles[0, 2])
-    # tilted (past the threshold and 1.5 sigma of its own roll; this random model has no
-    # calibration, so sigma is the raw softmax spread): the upright crop, turned back
-    tilted = abs(roll) > estimator.derotate_above_deg and abs(roll) > (
-        DEROTATE_MIN_SIGMAS * float(expected.uncertainty[0, 2])
-    )
+    tilt = float(image_tilt(expected.angles[0]))
+    # tilted in the image past the threshold: the upright crop, turned back
+    tilted = abs(tilt) > estimator.derotate_above_deg
     if tilted:
-        grown = pp.expand_box(crop_box, 0.5 / detector.turned_box_scale(roll) - 0.5)
-        upright = backend.infer(pp.preprocess_crops([pp.rotated_crop(astronaut, grown, -roll)]))
-        expected.angles = rotate_in_image_plane(upright.angles, roll).astype(np.float32)
+        grown = pp.expand_box(crop_box, 0.5 / detector.turned_box_scale(tilt) - 0.5)
+        upright = backend.infer(pp.preprocess_crops([pp.rotated_crop(astronaut, grown, -tilt)]))
+        expected.angles = rotate_in_image_plane(upright.angles, tilt).astype(np.float32)
         expected.uncertainty, expected.assignment = upright.uncertainty, upright.assignment
-    assert face.turned_deg == (-roll if tilted else 0.0)
+    assert face.turned_deg == pytest.approx(-tilt if tilted else 0.0)
     np.testing.assert_allclose(face.angles, expected.angles[0], atol=1e-4)
     np.testing.assert_allclose(face.uncertainty, expected.uncertainty[0], atol=1e-4)
     np.testing.assert_allclose(face.assignment, expected.assignment[0], atol=1e-6)
@@ -116,7 +113,7 @@ def test_tilted_faces_are_estimated_upright_and_turned_back(detector, astronaut)
     """The embedded model on the astronaut turned by +-30/45 deg: the upright re-crop
     follows the turn (exactly transformed original) better than the plain crop on
     average, and equals the
-    independent composition: rotated_crop by -roll, network, rotate_in_image_plane."""
+    independent composition: rotated_crop by -tilt, network, rotate_in_image_plane."""
     from lechpe_model.default_model import default_model_path
 
     backend = create_backend("onnxruntime", default_model_path())  # the embedded model
@@ -134,9 +131,10 @@ def test_tilted_faces_are_estimated_upright_and_turned_back(detector, astronaut)
         counting.calls.clear()
         (face,) = upright.estimate(photo).faces
         (first,) = plain.estimate(photo).faces
-        assert counting.calls == [1, 1] and face.turned_deg == pytest.approx(-first.roll)
+        tilt = float(image_tilt(first.angles))
+        assert counting.calls == [1, 1] and face.turned_deg == pytest.approx(-tilt)
         # the upright crop is the first crop grown back by the detector's turned-box shrink
-        grow = 1.0 / detector.turned_box_scale(first.roll)
+        grow = 1.0 / detector.turned_box_scale(tilt)
         side, first_side = (
             face.crop_box[2] - face.crop_box[0],
             first.crop_box[2] - first.crop_box[0],
@@ -148,24 +146,50 @@ def test_tilted_faces_are_estimated_upright_and_turned_back(detector, astronaut)
             atol=1e-3,
         )
         meta = backend.metadata
-        crop = pp.rotated_crop(photo, face.crop_box, -first.roll)
+        crop = pp.rotated_crop(photo, face.crop_box, -tilt)
         again = backend.infer(
             pp.preprocess_crops([crop], meta.input_size, tuple(meta.mean), tuple(meta.std))
         )
         np.testing.assert_allclose(
-            face.angles, rotate_in_image_plane(again.angles[0], first.roll), atol=1e-3
+            face.angles, rotate_in_image_plane(again.angles[0], tilt), atol=1e-3
         )
         errors[theta] = (np.abs(face.angles - truth).mean(), np.abs(first.angles - truth).mean())
     turned_back, plain_error = np.mean(list(errors.values()), axis=0)
     assert turned_back < plain_error, errors
-    # an uncertain roll does not turn the crop: with the sigma gate out of reach, one call
-    import lechpe_model.pipeline as pipeline
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "DEROTATE_MIN_SIGMAS", 1e6)
-        counting.calls.clear()
-        (face,) = upright.estimate(photo).faces
-        assert counting.calls == [1] and face.turned_deg == 0.0
+
+class FixedAnglesBackend:
+    """The real backend's outputs with the angles replaced by fixed ones."""
+
+    def __init__(self, real, angles):
+        self.real, self.angles, self.calls = real, np.asarray(angles, np.float32), []
+        self.name, self.metadata = real.name, real.metadata
+
+    def infer(self, batch):
+        self.calls.append(len(batch))
+        out = self.real.infer(batch)
+        out.angles = np.tile(self.angles, (len(batch), 1))
+        return out
+
+
+@pytest.mark.parametrize(
+    ("angles", "turned"),
+    [
+        ((0.0, 0.0, 20.0), -20.0),  # frontal: the tilt is the roll
+        ((80.0, 0.0, 20.0), 0.0),  # near profile: roll 20 leans it by 3.6 deg only
+        ((45.0, -10.0, -30.0), None),  # image_tilt says how far
+    ],
+)
+def test_the_re_crop_turns_by_the_tilt_in_the_image_not_the_roll(
+    detector, backend, astronaut, angles, turned
+):
+    fixed = FixedAnglesBackend(backend, angles)
+    (face,) = PoseEstimator(detector, fixed).estimate(astronaut).faces
+    tilt = float(image_tilt(np.array(angles)))
+    want = -tilt if abs(tilt) > DEFAULT_DEROTATE_ABOVE_DEG else 0.0
+    assert turned is None or want == pytest.approx(turned, abs=0.05)
+    assert face.turned_deg == pytest.approx(want, abs=1e-4)
+    assert fixed.calls == ([1, 1] if want else [1])
 
 
 def test_derotate_above_deg_is_checked_and_one_default(detector, backend):

@@ -159,3 +159,102 @@ def test_torch_and_onnxruntime_publish_the_same_calibrated_uncertainty(calibrate
         assert not np.allclose(face.uncertainty, raw.uncertainty[0], rtol=0.01)
         results[name] = face.uncertainty
     np.testing.assert_allclose(results["torch"], results["onnxruntime"], rtol=1e-3)
+
+
+def test_error_head_fit_and_the_loglinear_v2_calibration():
+    """Latents whose error scale is a known linear function: the fitted head ranks
+    the errors like the true scale, and a v2 calibration uses it."""
+    rng = np.random.default_rng(3)
+
+    def faces(n):
+        latent = rng.normal(size=(n, 16))
+        log_sigma = np.column_stack([latent[:, 0], 0.5 * latent[:, 1], -latent[:, 2]]) + 1.0
+        err = np.abs(rng.standard_normal((n, 3))) * np.exp(log_sigma)
+        return latent, log_sigma, err
+
+    latent, _, err = faces(3000)
+    weight, bias = unc.fit_error_head(latent, err, ridge=1.0)
+    assert weight.shape == (3, 16) and bias.shape == (3,) and weight.dtype == np.float32
+    # log|e| = log sigma + log|z|, E log|z| = -0.635: the fit is log sigma shifted by it
+    np.testing.assert_allclose(weight[:, :3], np.diag([1.0, 0.5, -1.0]), atol=0.1)
+    np.testing.assert_allclose(bias, 1.0 - 0.635, atol=0.1)
+    t_latent, t_log_sigma, t_err = faces(3000)
+    predicted = t_latent @ weight.T + bias
+    angles, raw, q = np.zeros((3000, 3)), np.full((3000, 3), 10.0), np.full((3000, 2), 0.5)
+    cal = unc.fit_calibration(angles, raw, q, err, log_error=latent @ weight.T + bias)
+    assert cal.uses_error_head and cal.to_dict()["kind"] == "loglinear-v2"
+    assert cal.to_dict()["features"][-3:] == list(unc.ERROR_HEAD_FEATURE_NAMES)
+    sigma = cal.sigma(angles, raw, q, predicted)
+    stats, truth = (unc.rank_and_coverage(s, t_err) for s in (sigma, np.exp(t_log_sigma)))
+    for name in ("yaw", "pitch", "roll"):
+        assert stats["spearman"][name] > 0.95 * truth["spearman"][name] > 0.2
+        assert stats["coverage_1sigma"][name] == pytest.approx(0.683, abs=0.03)
+    # round trip, and a v2 calibration without the head's output is refused by name
+    again = unc.UncertaintyCalibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(again.sigma(angles, raw, q, predicted), sigma)
+    with pytest.raises(ValueError, match="uses the error head's output"):
+        unc.apply_calibration(cal.to_dict(), angles, raw, q)
+    # a v1 calibration ignores a log_error it does not use
+    v1 = unc.fit_calibration(angles, raw, q, err)
+    np.testing.assert_array_equal(v1.sigma(angles, raw, q, predicted), v1.sigma(angles, raw, q))
+    with pytest.raises(ValueError, match="ridge must be > 0"):
+        unc.fit_error_head(latent, err, ridge=0.0)
+    with pytest.raises(ValueError, match=r"\(N, D\) latents and \(N, 3\) errors"):
+        unc.fit_error_head(latent[:10], err, ridge=1.0)
+
+
+def test_error_head_model_through_every_cpu_backend(tmp_path):
+    """A checkpoint with an error head: the ONNX graph has the fourth output, torch
+    and ONNX Runtime give the same log_error and publish the same v2 sigma."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from lechpe_model.backends import create_backend
+    from lechpe_model.checkpoint import ModelMetadata, load_checkpoint, save_checkpoint
+    from lechpe_model.export import export_onnx
+    from lechpe_model.network import LECHPENet
+
+    torch.manual_seed(0)
+    net = LECHPENet("mobilenet_v3_small", num_clusters=3, mirror_average=True).eval()
+    rng = np.random.default_rng(0)
+    net.set_error_head(rng.normal(0, 0.05, (3, 576)), np.array([1.0, 1.5, 0.5]))
+    n = 200
+    angles, raw, _, _, err = synthetic_faces(n, 4)
+    q = rng.dirichlet(np.ones(3), n)
+    cal = unc.fit_calibration(angles, raw, q, err, log_error=rng.normal(1, 0.5, (n, 3)))
+    path = tmp_path / "head.safetensors"
+    save_checkpoint(path, net, {}, input_size=64, uncertainty_calibration=cal.to_dict())
+    model, meta = load_checkpoint(path)
+    assert meta.error_head and model.error_head is not None
+    torch.testing.assert_close(model.error_head.weight, net.error_head.weight)
+    onnx_path = export_onnx(path, tmp_path / "head.onnx")
+    outputs = [o.name for o in onnx.load(str(onnx_path)).graph.output]
+    assert outputs == ["angles", "uncertainty", "assignment", "log_error"]
+    batch = rng.normal(size=(3, 3, 64, 64)).astype(np.float32)
+    got = {
+        name: create_backend(name, m, device="cpu").infer(batch)
+        for name, m in (("torch", path), ("onnxruntime", onnx_path))
+    }
+    np.testing.assert_allclose(got["torch"].log_error, got["onnxruntime"].log_error, atol=1e-4)
+    with torch.no_grad():
+        x = torch.from_numpy(batch)
+        want = net.estimate_log_error(net.encode(x), net.encode(torch.flip(x, dims=[3])))
+    np.testing.assert_allclose(got["torch"].log_error, want.numpy(), atol=1e-5)
+    sigmas = [unc.calibrated_outputs_uncertainty(o, meta) for o in got.values()]
+    np.testing.assert_allclose(sigmas[0], sigmas[1], rtol=1e-3)
+    expected = cal.sigma(
+        got["torch"].angles,
+        got["torch"].uncertainty,
+        got["torch"].assignment,
+        got["torch"].log_error,
+    )
+    np.testing.assert_allclose(sigmas[0], expected, rtol=1e-5)
+    # the calibration needs the head: metadata that drops it is refused by field name
+    data = json.loads(meta.to_json())
+    data["error_head"] = False
+    with pytest.raises(CheckpointError, match="uses the error head's output but the model"):
+        ModelMetadata.from_dict(data, source="x")
+    data["error_head"] = "yes"
+    with pytest.raises(CheckpointError, match="metadata field error_head"):
+        ModelMetadata.from_dict(data, source="x")

@@ -62,7 +62,10 @@ def run_inference(
         degrees (standard deviation of each bin softmax, as ``LECHPENet.forward``),
         ``target`` (N, 3) labels,
         ``latent`` (N, D) float32, ``q`` (N, K), ``valid`` (N,) bool (False for
-        unreadable images, whose rows are zeros), ``occluded`` (N,) bool.
+        unreadable images, whose rows are zeros), ``occluded`` (N,) bool,
+        ``head_input`` (N, D) what an error head reads (the latent averaged with
+        the mirrored crop's under ``mirror_average``) and, for a model with an
+        error head, ``log_error`` (N, 3) its output.
     """
     info = info or DistInfo()
     net = model.module if hasattr(model, "module") else model
@@ -83,7 +86,18 @@ def run_inference(
         loader = tqdm(loader, desc=desc, unit="batch", leave=False)
     rows: dict[str, list[torch.Tensor]] = {
         k: []
-        for k in ("index", "angles", "uncertainty", "target", "latent", "q", "valid", "occluded")
+        for k in (
+            "index",
+            "angles",
+            "uncertainty",
+            "target",
+            "latent",
+            "q",
+            "valid",
+            "occluded",
+            "head_input",
+            "log_error",
+        )
     }
     for batch in loader:
         x = batch["image"].to(info.device, non_blocking=True)
@@ -108,6 +122,14 @@ def run_inference(
         rows["uncertainty"].append(spread.cpu())
         rows["target"].append(batch["angles"])
         rows["latent"].append(out.latent.float().cpu())
+        head_input = net.error_head_input(
+            out.latent.float(), None if mirrored is None else mirrored.latent.float()
+        )
+        rows["head_input"].append(head_input.cpu())
+        if net.error_head is not None:
+            rows["log_error"].append(
+                net.error_head(head_input.to(net.error_head.weight.dtype)).float().cpu()
+            )
         rows["q"].append(out.q.float().cpu())
         rows["valid"].append(batch["valid"])
         rows["occluded"].append(batch["occluded"])
@@ -115,7 +137,16 @@ def run_inference(
         net.train()
     n = len(dataset)
     k, d = int(net.num_clusters), int(net.latent_dim)
-    widths = {"index": None, "angles": 3, "uncertainty": 3, "target": 3, "latent": d, "q": k}
+    widths = {
+        "index": None,
+        "angles": 3,
+        "uncertainty": 3,
+        "target": 3,
+        "latent": d,
+        "q": k,
+        "head_input": d,
+        "log_error": 3,
+    }
     local: dict[str, torch.Tensor] = {}
     for key, parts in rows.items():
         if parts:
@@ -128,7 +159,10 @@ def run_inference(
             local[key] = torch.zeros(0, widths[key])
     result: dict[str, np.ndarray] = {}
     index = torch.cat(all_gather_rows(local["index"], info)).numpy()
-    for key in ("angles", "uncertainty", "target", "latent", "q", "valid", "occluded"):
+    keys = ["angles", "uncertainty", "target", "latent", "q", "valid", "occluded", "head_input"]
+    if net.error_head is not None:
+        keys.append("log_error")
+    for key in keys:
         gathered = torch.cat(all_gather_rows(local[key], info)).numpy()
         full = np.zeros((n,) + gathered.shape[1:], dtype=gathered.dtype)
         full[index] = gathered

@@ -205,6 +205,7 @@ def published_sigma(result: dict, meta) -> np.ndarray:
         result["angles"],
         result["uncertainty"],
         result["q"],
+        result.get("log_error"),
     ).astype(np.float64)
 
 
@@ -226,6 +227,8 @@ def protocol_summary(evaluation: dict) -> dict:
             "faces": int(valid.sum()),
             "identities": {str(int(i)): int(c) for i, c in zip(uniq, counts, strict=True)},
             "left_out_by_identity_selection": int(s.get("not_selected", 0)),
+            "crops": s.get("crops", "landmark"),
+            "missed_by_detector": int(s.get("missed_by_detector", 0)),
             "mae_by_yaw_range": mae_by_yaw_range(r["angles"], r["target"], valid),
             "uncertainty": {
                 "calibrated": calibrated,
@@ -267,8 +270,13 @@ def protocol_markdown(protocol: dict, title: str = "held-out identities") -> str
         listed = ", ".join(
             f"{'unknown' if int(i) == UNKNOWN_IDENTITY else i} ({c})" for i, c in ids.items()
         )
+        crops = f"{sets[n].get('crops', 'landmark')} crops"
+        missed = sets[n].get("missed_by_detector", 0)
+        if missed:
+            crops += f" ({missed} faces missed by the detector left out)"
         lines.append(
-            f"{label[n]}: {sets[n]['faces']} faces of {len(ids)} identities (id (faces)): {listed}"
+            f"{label[n]}: {sets[n]['faces']} faces of {len(ids)} identities, {crops} "
+            f"(id (faces)): {listed}"
         )
     lines += [
         "",
@@ -311,6 +319,8 @@ def evaluate_sets(
     channel_order: str = "bgr",
     identities: set[int] | None = None,
     exclude_identities: set[int] | None = None,
+    detector_crops: str | None = None,
+    landmark_crops: bool = True,
 ) -> dict:
     """Run a checkpoint over the clean and/or occluded sets.
 
@@ -321,6 +331,12 @@ def evaluate_sets(
         identities: keep only faces of these identity ids (``None``: all).
         exclude_identities: drop faces of these ids (e.g. the training identities);
             the number dropped is reported.
+        detector_crops: a detector name (``lechpe_model.detection``): also crop
+            each face as the runtime does, from this detector's box
+            (``training.detector_boxes.detector_crop_samples``; faces it misses
+            get no such crop, their number is reported as ``missed_by_detector``).
+        landmark_crops: keep the landmark crops too (False with ``detector_crops``:
+            only the runtime's crops).
 
     Returns:
         ``{"sets": {name: {"mae": (3,), "mean": float, "n": int, "excluded": int,
@@ -363,7 +379,17 @@ def evaluate_sets(
             keep &= ~np.isin(ids, sorted(exclude_identities))
         not_selected = int((~keep).sum())
         ds.samples = [smp for smp, k in zip(ds.samples, keep, strict=True) if k]
-        ids = ids[keep]
+        missed = 0
+        if detector_crops:
+            from lechpe_model.detection import create_detector
+            from training.detector_boxes import detector_crop_samples
+
+            found, detected = detector_crop_samples(ds.samples, create_detector(detector_crops))
+            missed = len(ds.samples) - len(found)
+            ds.samples = (ds.samples if landmark_crops else []) + detected
+        elif not landmark_crops:
+            raise ValueError("landmark_crops=False needs detector_crops")
+        ids = sample_identities(ds.samples)
         LOG.info(
             "%s (%s): %d faces of %d identities (%d left out by the identity selection); %s",
             name,
@@ -396,6 +422,10 @@ def evaluate_sets(
             "keys": [s.key for s in ds.samples],
             "identities": ids,
             "not_selected": not_selected,
+            "missed_by_detector": missed,
+            "crops": ("landmark" if landmark_crops else "")
+            + (" + " if landmark_crops and detector_crops else "")
+            + (f"{detector_crops} detector" if detector_crops else ""),
             "path": path,
         }
     return out
@@ -590,6 +620,32 @@ def calibrate_parser() -> argparse.ArgumentParser:
     p.add_argument("--occluded-data", default=None, help="occluded validation faces")
     p.add_argument("--out", required=True, help="calibrated checkpoint to write")
     p.add_argument("--ridge", type=float, default=1e-3)
+    p.add_argument(
+        "--error-head-data",
+        default=None,
+        help="clean faces of validation identities, OTHER renders than --data: fit the "
+        "error head (a linear map latent -> log |error|) on them and use its output in "
+        "the calibration (kind loglinear-v2)",
+    )
+    p.add_argument(
+        "--error-head-occluded-data",
+        default=None,
+        help="occluded faces for the error head (as --error-head-data)",
+    )
+    p.add_argument(
+        "--error-head-ridges",
+        default=",".join(str(r) for r in ERROR_HEAD_RIDGES),
+        help="L2 penalties tried for the error head; the one whose output ranks the "
+        "errors of --data / --occluded-data best (mean Spearman) is kept",
+    )
+    p.add_argument(
+        "--add-detector-crops",
+        default=None,
+        metavar="DETECTOR",
+        help="fit on the runtime's crops too: each face is also cropped from this "
+        "detector's box (e.g. blazeface_full, the node's default), for the error head and "
+        "the calibration; faces it misses keep their landmark crop only",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-plot", action="store_true")
@@ -603,6 +659,81 @@ def calibrate_parser() -> argparse.ArgumentParser:
     add_identity_arguments(p)
     p.set_defaults(split="val")
     return p
+
+
+#: L2 penalties ``calibrate-uncertainty`` tries for the error head by default.
+ERROR_HEAD_RIDGES = (1, 3, 10, 30, 100, 300, 1000)
+
+
+def _valid_rows(evaluation: dict, key: str) -> np.ndarray:
+    """``key`` of every readable face of an :func:`evaluate_sets` result, sets in order."""
+    parts = []
+    for s in evaluation["sets"].values():
+        r = s["result"]
+        v = np.asarray(r["valid"], dtype=bool)
+        value = np.abs(r["angles"] - r["target"]) if key == "err" else r[key]
+        parts.append(np.asarray(value)[v])
+    return np.concatenate(parts)
+
+
+def _set_slices(evaluation: dict) -> list[slice]:
+    """Row ranges of each set in :func:`_valid_rows`' order."""
+    out, start = [], 0
+    for s in evaluation["sets"].values():
+        n = int(np.asarray(s["result"]["valid"], dtype=bool).sum())
+        out.append(slice(start, start + n))
+        start += n
+    return out
+
+
+def fit_error_head_on(
+    model, head_eval: dict, cal_eval: dict, ridges: Sequence[float], dtype=None
+) -> dict:
+    """Fit ``model``'s error head on ``head_eval``'s faces, choose the ridge on ``cal_eval``'s.
+
+    Both are :func:`evaluate_sets` results of the same model. Each ridge's head is
+    scored by the mean over angles and sets (clean, occluded) of the Spearman
+    correlation between its output and the absolute error on ``cal_eval``; the
+    best is installed (rounded through ``dtype``, the dtype the checkpoint is
+    written in, so that what is fitted next is what the saved model gives).
+
+    Returns:
+        ``{"ridge", "scores": {ridge: mean Spearman}, "faces", "log_error": (N, 3)
+        the installed head's output on cal_eval's readable faces}``.
+    """
+    import torch
+    from scipy.stats import spearmanr
+
+    from lechpe_model.uncertainty import fit_error_head
+
+    if not ridges:
+        raise ValueError("give at least one error-head ridge")
+    latent, err = _valid_rows(head_eval, "head_input"), _valid_rows(head_eval, "err")
+    cal_latent, cal_err = _valid_rows(cal_eval, "head_input"), _valid_rows(cal_eval, "err")
+    scores, heads = {}, {}
+    for ridge in ridges:
+        weight, bias = fit_error_head(latent, err, float(ridge))
+        predicted = cal_latent @ weight.T.astype(np.float64) + bias
+        rhos = [
+            spearmanr(predicted[part, k], cal_err[part, k])[0]
+            if np.ptp(predicted[part, k]) > 0 and np.ptp(cal_err[part, k]) > 0
+            else np.nan  # a constant output ranks nothing
+            for part in _set_slices(cal_eval)
+            for k in range(3)
+        ]
+        finite = [r for r in rhos if np.isfinite(r)]
+        scores[float(ridge)] = float(np.mean(finite)) if finite else -1.0
+        heads[float(ridge)] = (weight, bias)
+    best = max(scores, key=scores.get)
+    model.set_error_head(*heads[best])
+    if dtype is not None:
+        with torch.no_grad():
+            for p in model.error_head.parameters():
+                p.copy_(p.to(dtype).float())
+    with torch.no_grad():
+        log_error = model.error_head(torch.as_tensor(cal_latent, dtype=torch.float32)).numpy()
+    LOG.info("error head: ridge %s (mean Spearman on the calibration set %s)", best, scores)
+    return {"ridge": best, "scores": scores, "faces": int(len(latent)), "log_error": log_error}
 
 
 def copy_with_mirror_average(src: str, dst: str, on: bool) -> None:
@@ -629,6 +760,16 @@ def calibrate_main(argv: Sequence[str]) -> int:
     args = calibrate_parser().parse_args(list(argv))
     if not args.data and not args.occluded_data:
         raise SystemExit("lechpe-eval calibrate-uncertainty: give --data and/or --occluded-data")
+    head_dirs = [args.error_head_data, args.error_head_occluded_data]
+    try:
+        ridges = [float(v) for v in str(args.error_head_ridges).split(",") if v.strip()]
+    except ValueError as exc:
+        raise SystemExit(
+            f"lechpe-eval calibrate-uncertainty: --error-head-ridges {args.error_head_ridges!r} "
+            f"is not a comma-separated list of numbers"
+        ) from exc
+    if any(h for h in head_dirs) and (not ridges or any(not r > 0 for r in ridges)):
+        raise SystemExit("lechpe-eval calibrate-uncertainty: --error-head-ridges must be > 0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     chosen = selected_identities(args, [args.data, args.occluded_data])
     source = args.checkpoint
@@ -643,20 +784,25 @@ def calibrate_main(argv: Sequence[str]) -> int:
             batch_size=args.batch_size,
             device=args.device,
             identities=chosen,
+            detector_crops=args.add_detector_crops,
         )
+        head_evaluation = None
+        if any(head_dirs):
+            head_evaluation = evaluate_sets(
+                source,
+                *head_dirs,
+                batch_size=args.batch_size,
+                device=args.device,
+                identities=selected_identities(args, head_dirs),
+                detector_crops=args.add_detector_crops,
+            )
         model, meta = load_checkpoint(source)
     finally:
         if source != args.checkpoint and os.path.exists(source):
             os.unlink(source)
-    parts = {k: [] for k in ("angles", "uncertainty", "q", "err")}
-    for s in evaluation["sets"].values():
-        r = s["result"]
-        v = np.asarray(r["valid"], dtype=bool)
-        parts["angles"].append(r["angles"][v])
-        parts["uncertainty"].append(r["uncertainty"][v])
-        parts["q"].append(r["q"][v])
-        parts["err"].append(np.abs(r["angles"] - r["target"])[v])
-    angles, raw, q, err = (np.concatenate(parts[k]) for k in ("angles", "uncertainty", "q", "err"))
+    angles, raw, q, err = (
+        _valid_rows(evaluation, k) for k in ("angles", "uncertainty", "q", "err")
+    )
     ids = sorted(
         {int(i) for s in evaluation["sets"].values() for i in np.asarray(s["identities"]).tolist()}
     )
@@ -664,7 +810,33 @@ def calibrate_main(argv: Sequence[str]) -> int:
         f"{len(angles)} faces of {', '.join(p for p in (args.data, args.occluded_data) if p)}; "
         f"identities {ids if len(ids) <= 40 else f'{len(ids)} ids'} (split {args.split})"
     )
-    calibration = fit_calibration(angles, raw, q, err, ridge=args.ridge, fitted_on=fitted_on)
+    if args.add_detector_crops:
+        fitted_on += f"; landmark and {args.add_detector_crops} detector crops"
+    log_error = head_report = None
+    if head_evaluation is not None:
+        if model.error_head is not None:
+            LOG.info("replacing the checkpoint's error head with a new fit")
+        head_report = fit_error_head_on(
+            model,
+            head_evaluation,
+            evaluation,
+            ridges,
+            dtype=_checkpoint_float_dtype(args.checkpoint),
+        )
+        log_error = head_report.pop("log_error")
+        fitted_on += (
+            f"; error head (ridge {head_report['ridge']:g}) fitted on {head_report['faces']} "
+            f"faces of {', '.join(p for p in head_dirs if p)}"
+        )
+        for part, s in zip(_set_slices(evaluation), evaluation["sets"].values(), strict=True):
+            r = s["result"]  # the head's output per face, for the reliability plot
+            r["log_error"] = np.zeros((len(r["valid"]), 3), np.float32)
+            r["log_error"][np.asarray(r["valid"], dtype=bool)] = log_error[part]
+    elif model.error_head is not None:  # keep the checkpoint's head and use it
+        log_error = _valid_rows(evaluation, "log_error")
+    calibration = fit_calibration(
+        angles, raw, q, err, ridge=args.ridge, fitted_on=fitted_on, log_error=log_error
+    )
     save_checkpoint(
         args.out,
         model,
@@ -673,11 +845,12 @@ def calibrate_main(argv: Sequence[str]) -> int:
         input_size=meta.input_size,
         uncertainty_calibration=calibration.to_dict(),
     )
-    sigma = calibration.sigma(angles, raw, q)
+    sigma = calibration.sigma(angles, raw, q, log_error)
     report = {
         "checkpoint": args.checkpoint,
         "calibrated_checkpoint": args.out,
         "fitted_on": fitted_on,
+        "error_head": head_report,
         "calibration": calibration.to_dict(),
         "fit_set": rank_and_coverage(sigma, err),
         "fit_set_raw_softmax_std": rank_and_coverage(raw, err),
@@ -687,7 +860,9 @@ def calibrate_main(argv: Sequence[str]) -> int:
         json.dump(report, handle, indent=2)
     if not args.no_plot:
         calibrated_meta = dataclasses.replace(
-            evaluation["meta"], uncertainty_calibration=calibration.to_dict()
+            evaluation["meta"],
+            uncertainty_calibration=calibration.to_dict(),
+            error_head=model.error_head is not None,
         )
         write_reliability_plot(
             dict(evaluation, meta=calibrated_meta), stem + "_reliability_fit.png"
@@ -726,6 +901,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--detector-crops",
+        default=None,
+        metavar="DETECTOR",
+        help="crop each face as the runtime does, from this detector's box (e.g. "
+        "blazeface_full, the node's default) instead of its landmark box; faces the "
+        "detector misses are left out and counted",
+    )
     p.add_argument("--tsne-max", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     add_identity_arguments(p)
@@ -820,6 +1003,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.channel_order,
         identities=chosen,
         exclude_identities=trained,
+        detector_crops=args.detector_crops,
+        landmark_crops=not args.detector_crops,
     )
     sets = evaluation["sets"]
     protocol = protocol_summary(evaluation)

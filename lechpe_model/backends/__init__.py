@@ -45,21 +45,34 @@ class PoseOutputs:
         angles: ``(N, 3)`` degrees, (yaw, pitch, roll).
         uncertainty: ``(N, 3)`` degrees, standard deviation of the bin softmax.
         assignment: ``(N, K)`` soft cluster assignment (rows sum to 1).
+        log_error: ``(N, 3)`` the error head's ``log |error|`` estimate, or None
+            for a model without an error head (``ModelMetadata.error_head``).
     """
 
     angles: np.ndarray
     uncertainty: np.ndarray
     assignment: np.ndarray
+    log_error: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.angles.shape[0])
 
     @classmethod
-    def empty(cls, num_clusters: int) -> PoseOutputs:
+    def empty(cls, num_clusters: int, error_head: bool = False) -> PoseOutputs:
         return cls(
             np.zeros((0, 3), np.float32),
             np.zeros((0, 3), np.float32),
             np.zeros((0, int(num_clusters)), np.float32),
+            np.zeros((0, 3), np.float32) if error_head else None,
+        )
+
+    def rows(self, index) -> PoseOutputs:
+        """A copy of the rows ``index`` (any NumPy index) of every output."""
+        return PoseOutputs(
+            self.angles[index].copy(),
+            self.uncertainty[index].copy(),
+            self.assignment[index].copy(),
+            None if self.log_error is None else self.log_error[index].copy(),
         )
 
 
@@ -101,22 +114,32 @@ class Backend:
             )
         if batch.dtype != np.float32:
             raise ValueError(f"{self.name}: expected float32 input, got {batch.dtype}")
+        error_head = bool(getattr(self.metadata, "error_head", False))
         if batch.shape[0] == 0:
-            return PoseOutputs.empty(self.metadata.num_clusters)
+            return PoseOutputs.empty(self.metadata.num_clusters, error_head)
         batch = np.ascontiguousarray(batch)
         step = self.max_batch or batch.shape[0]
         parts = [self._infer(batch[i : i + step]) for i in range(0, batch.shape[0], step)]
         if len(parts) == 1:
-            angles, uncertainty, assignment = parts[0]
+            outputs = parts[0]
         else:
-            angles, uncertainty, assignment = (np.concatenate(p) for p in zip(*parts, strict=True))
+            outputs = tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+        if len(outputs) != (4 if error_head else 3):
+            raise RuntimeError(
+                f"{self.name}: the network gave {len(outputs)} outputs, but the model's "
+                f"metadata says {'4 (with the error head)' if error_head else '3'}; "
+                f"re-export the model from its checkpoint"
+            )
         return PoseOutputs(
-            np.asarray(angles, dtype=np.float32).reshape(-1, 3),
-            np.asarray(uncertainty, dtype=np.float32).reshape(-1, 3),
-            np.asarray(assignment, dtype=np.float32).reshape(-1, self.metadata.num_clusters),
+            np.asarray(outputs[0], dtype=np.float32).reshape(-1, 3),
+            np.asarray(outputs[1], dtype=np.float32).reshape(-1, 3),
+            np.asarray(outputs[2], dtype=np.float32).reshape(-1, self.metadata.num_clusters),
+            np.asarray(outputs[3], dtype=np.float32).reshape(-1, 3) if error_head else None,
         )
 
-    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The graph's outputs for one batch: angles, uncertainty, assignment and,
+        with an error head, log_error (``export.graph_output_names``)."""
         raise NotImplementedError
 
     def warmup(self, batch_size: int = 1) -> None:

@@ -15,7 +15,7 @@ from lechpe_model.backends import (
     onnx_for_model,
     read_onnx_metadata,
 )
-from lechpe_model.export import file_sha256
+from lechpe_model.export import file_sha256, graph_output_names
 
 LOG = logging.getLogger(__name__)
 
@@ -181,10 +181,9 @@ class OnnxRuntimeBackend(Backend):
         self.device = "cuda" if used and used[0] == CUDA_PROVIDER else "cpu"
         self.providers = used
         self._input = self.session.get_inputs()[0].name
-        self._outputs = ["angles", "uncertainty", "assignment"]
+        self._outputs = list(graph_output_names(self.metadata))
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
 
     def _infer(self, batch: np.ndarray):
-        angles, uncertainty, assignment = self.session.run(self._outputs, {self._input: batch})
-        return angles, uncertainty, assignment
+        return tuple(self.session.run(self._outputs, {self._input: batch}))

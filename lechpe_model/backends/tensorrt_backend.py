@@ -54,6 +54,7 @@ from lechpe_model.backends import (
     onnx_for_model,
     read_onnx_metadata,
 )
+from lechpe_model.export import graph_output_names
 from lechpe_model.preprocessing import preprocess_crops
 
 LOG = logging.getLogger(__name__)
@@ -611,7 +612,7 @@ class TensorRTBackend(Backend):
             handle = self._buffers.alloc(nbytes)
             self._io[name] = (handle, shape, dtype)
             self.context.set_tensor_address(name, self._buffers.ptr(handle))
-        self._outputs = ["angles", "uncertainty", "assignment"]
+        self._outputs = list(graph_output_names(self.metadata))
         missing = [n for n in self._outputs if n not in self._io]
         if missing:
             raise EngineBuildError(f"engine lacks outputs {missing} (tensors: {names})")

@@ -72,9 +72,4 @@ class TorchBackend(Backend):
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
-            angles, uncertainty, assignment = self.model(x)
-            return (
-                angles.float().cpu().numpy(),
-                uncertainty.float().cpu().numpy(),
-                assignment.float().cpu().numpy(),
-            )
+            return tuple(out.float().cpu().numpy() for out in self.model(x))

@@ -99,6 +99,22 @@ def test_image_path_rotates_clockwise_and_moves_the_box_exactly():
     assert "| photo `bar`, all transforms |" in cons.consistency_markdown(report, "m")
 
 
+def test_uncertainty_check_ranks_disagreements_by_the_combined_sigma():
+    originals = {"p": {"sigma": [3.0, 4.0, 1.0]}, "q": {"sigma": [0.0, 1.0, 2.0]}}
+    rows = [
+        {"photo": "p", "sigma": [4.0, 3.0, 1.0], "disagreement": {"yaw": 6, "pitch": 1, "roll": 9}},
+        {"photo": "q", "sigma": [1.0, 1.0, 2.0], "disagreement": {"yaw": 1, "pitch": 2, "roll": 2}},
+        {"photo": "q", "sigma": [2.0, 0.0, 0.0], "disagreement": {"yaw": 3, "pitch": 3, "roll": 1}},
+    ]
+    out = cons.uncertainty_check(rows, originals)
+    # yaw: combined sigma 5, 1, 2 (hand-computed) against disagreements 6, 1, 3
+    assert out["spearman"]["yaw"] == pytest.approx(1.0)
+    assert out["within_combined_sigma"]["yaw"] == pytest.approx(1 / 3)  # only 1 <= 1
+    # pitch: 5, sqrt 2, 1 against 1, 2, 3: the order reversed
+    assert out["spearman"]["pitch"] == pytest.approx(-1.0)
+    assert out["n"] == 3
+
+
 def test_consistency_cli_on_the_shipped_photos(tmp_path):
     """The real runtime path (detector, backend) on a tiny random model: runs, reports."""
     pytest.importorskip("skimage")

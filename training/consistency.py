@@ -204,6 +204,7 @@ def summarise(rows: list[dict]) -> dict:
         return out
 
     per_transform, per_photo = {}, {}
+    originals = {r["photo"]: r for r in rows if r["transform"] == "original"}
     for r in main:
         per_transform.setdefault(r["transform"], []).append(r)
         per_photo.setdefault(r["photo"], []).append(r)
@@ -214,9 +215,35 @@ def summarise(rows: list[dict]) -> dict:
         "per_transform": {k: mean_of(v) for k, v in per_transform.items()},
         "per_photo": {k: mean_of(v) for k, v in per_photo.items()},
         "harness_mirror_of_mirror": mean_of(checks),
+        "uncertainty": uncertainty_check(main, originals),
+        "median_sigma_per_photo": {
+            k: {
+                a: float(np.median([r["sigma"][i] for r in rows if r["photo"] == k]))
+                for i, a in enumerate(ANGLE_NAMES)
+            }
+            for k in originals
+        },
         "fallback_boxes": sum(1 for r in rows if r["box"] != "detector"),
         "rows": len(rows),
     }
+
+
+def uncertainty_check(scored: list[dict], originals: dict[str, dict]) -> dict:
+    """Does the published sigma know where the photos disagree? Per angle, over the
+    transformed photos: the Spearman correlation of the disagreement with the two
+    predictions' combined sigma ``sqrt(sigma_original^2 + sigma_transformed^2)``
+    (the spread of a difference of two independent errors), and the fraction of
+    disagreements within it (NaN with fewer than 3 rows or a constant column)."""
+    from scipy.stats import spearmanr
+
+    out: dict = {"spearman": {}, "within_combined_sigma": {}, "n": len(scored)}
+    for k, a in enumerate(ANGLE_NAMES):
+        d = np.array([r["disagreement"][a] for r in scored])
+        s = np.array([np.hypot(originals[r["photo"]]["sigma"][k], r["sigma"][k]) for r in scored])
+        ranked = len(d) >= 3 and np.ptp(d) > 0 and np.ptp(s) > 0
+        out["spearman"][a] = float(spearmanr(s, d)[0]) if ranked else float("nan")
+        out["within_combined_sigma"][a] = float(np.mean(d <= s)) if len(d) else float("nan")
+    return out
 
 
 def shipped_photos(names: Sequence[str] = PHOTOS) -> dict[str, np.ndarray]:
@@ -301,6 +328,28 @@ def consistency_markdown(report: dict, model: str) -> str:
         f"the original| in degrees; {s['fallback_boxes']} of {s['rows']} predictions used the "
         "exactly moved original box because the detector missed."
     )
+    u = s.get("uncertainty")
+    if u:
+        lines += [
+            "",
+            "| published sigma vs disagreement | yaw | pitch | roll |",
+            "|---|---|---|---|",
+            "| Spearman(combined sigma, disagreement) | "
+            + " | ".join(f"{u['spearman'][a]:.2f}" for a in ANGLE_NAMES)
+            + " |",
+            "| disagreements within the combined sigma | "
+            + " | ".join(f"{100 * u['within_combined_sigma'][a]:.0f} %" for a in ANGLE_NAMES)
+            + " |",
+            *(
+                f"| median sigma, photo `{k}` | "
+                + " | ".join(f"{v[a]:.1f}" for a in ANGLE_NAMES)
+                + " |"
+                for k, v in s.get("median_sigma_per_photo", {}).items()
+            ),
+            "",
+            f"Combined sigma = sqrt(sigma_original^2 + sigma_transformed^2), over the "
+            f"{u['n']} transformed photos.",
+        ]
     return "\n".join(lines) + "\n"
 
 

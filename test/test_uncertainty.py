@@ -250,6 +250,15 @@ def test_error_head_model_through_every_cpu_backend(tmp_path):
         got["torch"].log_error,
     )
     np.testing.assert_allclose(sigmas[0], expected, rtol=1e-5)
+    # a graph without the fourth output under metadata that calls for it: named
+    plain = tmp_path / "plain.safetensors"
+    save_checkpoint(plain, LECHPENet("mobilenet_v3_small", num_clusters=3), {}, input_size=64)
+    proto = onnx.load(str(export_onnx(plain, tmp_path / "plain.onnx")))
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(onnx.load(str(onnx_path)).metadata_props)
+    onnx.save(proto, str(tmp_path / "mismatch.onnx"))
+    with pytest.raises(ValueError, match=r"graph lacks the outputs \['log_error'\]"):
+        create_backend("onnxruntime", tmp_path / "mismatch.onnx", device="cpu")
     # the calibration needs the head: metadata that drops it is refused by field name
     data = json.loads(meta.to_json())
     data["error_head"] = False

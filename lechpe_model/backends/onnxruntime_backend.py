@@ -182,6 +182,14 @@ class OnnxRuntimeBackend(Backend):
         self.providers = used
         self._input = self.session.get_inputs()[0].name
         self._outputs = list(graph_output_names(self.metadata))
+        have = {o.name for o in self.session.get_outputs()}
+        missing = [n for n in self._outputs if n not in have]
+        if missing:
+            raise ValueError(
+                f"{self.onnx_path}: the graph lacks the outputs {missing} its metadata calls "
+                f"for (it has {sorted(have)}); export it again from its checkpoint "
+                f"(lechpe-export)"
+            )
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
 

@@ -78,6 +78,11 @@ DEFAULT_CONFIGS = (
     ("blazeface_full+yuface 0.5", "blazeface_full+yuface", {"score_threshold": 0.5}),
     ("blazeface_full+blazeface 0.5", "blazeface_full+blazeface", {"score_threshold": 0.5}),
     ("blazeface_occluded 0.5", "blazeface_occluded", {"score_threshold": 0.5}),
+    (
+        "blazeface_full+blazeface_occluded 0.5",
+        "blazeface_full+blazeface_occluded",
+        {"score_threshold": 0.5},
+    ),
     ("blazeface_occluded 0.4", "blazeface_occluded", {"score_threshold": 0.4}),
     ("blazeface_occluded 0.3", "blazeface_occluded", {"score_threshold": 0.3}),
 )

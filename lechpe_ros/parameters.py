@@ -50,6 +50,7 @@ DETECTORS = (
     "yunet",
     "haar",
     "blazeface_full+yuface",
+    "blazeface_full+blazeface_occluded",
     "auto",
 )
 QOS_CHOICES = ("auto", "sensor_data", "reliable")
@@ -142,8 +143,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "blazeface_occluded (full range fine-tuned on occluded renders: finds far more "
         "masked/covered faces, larger boxes on real faces), blazeface (short range, close "
         "faces), yuface (YuNet), yunet (needs detector_model_path), haar, "
-        "blazeface_full+yuface (union: more faces, both costs); auto picks blazeface_full, "
-        "then yuface, yunet, haar.",
+        "blazeface_full+yuface (union: more faces, both costs), "
+        "blazeface_full+blazeface_occluded (full range's boxes where it finds a face, the "
+        "fine-tuned detector's other faces; both costs); auto picks blazeface_full, then "
+        "yuface, yunet, haar.",
         choices=DETECTORS,
     ),
     ParamSpec(

@@ -379,3 +379,27 @@ def test_combined_detector_merges_the_same_face_and_keeps_the_union(astronaut_bg
         assert best > 0.6
     with pytest.raises(ValueError, match="bad combined detector 'yuface\\+mtcnn'"):
         det.create_detector("yuface+mtcnn")
+
+
+def test_full_range_plus_occluded_keeps_full_ranges_box_and_adds_faces(astronaut_bgr):
+    """The node's blazeface_full+blazeface_occluded: one face where both find it, with
+    full range's box (the pose model's training boxes); the faces only the fine-tuned
+    detector finds are added with its own crop."""
+    from lechpe_ros.parameters import validate_value
+
+    validate_value("detector", "blazeface_full+blazeface_occluded")  # a node choice
+    combined = det.create_detector("blazeface_full+blazeface_occluded")
+    (face,) = combined.detect(astronaut_bgr)
+    (alone,) = det.create_detector("blazeface_full").detect(astronaut_bgr)
+    np.testing.assert_allclose(face.box, alone.box)
+    # the group canvas: whatever either finds is in the union, each face once
+    canvas = paste_faces(astronaut_bgr[20:230, 120:330], [120, 230, 150, 190])
+    faces = combined.detect(canvas)
+    crops = [
+        pp.expand_box(f.box, combined.crop_margin, shift_y=combined.crop_shift_y) for f in faces
+    ]
+    for member in combined.members:
+        for d in member.detect(canvas):
+            crop = pp.expand_box(d.box, member.crop_margin, shift_y=member.crop_shift_y)
+            assert max(iou(crop, c) for c in crops) > 0.6
+    assert all(iou(a, b) <= 0.4 for i, a in enumerate(crops) for b in crops[i + 1 :])

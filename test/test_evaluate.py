@@ -389,17 +389,24 @@ def test_protocol_on_held_out_identities_uses_the_runs_test_margin(tmp_path):
     assert json.load(open(out2 / "protocol.json"))["sets"]["non_occluded"]["identities"] == want
 
 
+def small_model_and_faces(tmp_path, faces: int, mirror_average: bool = False):
+    """A seeded small random model's checkpoint and ``faces`` rendered faces of
+    ``faces / 3`` identities (3 each): the setup of the calibration tests."""
+    torch.manual_seed(0)
+    net = LECHPENet("mobilenet_v3_small", num_clusters=2, mirror_average=mirror_average)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(ckpt, net, {"data": {"test_margin": 0.25}}, input_size=64)
+    data = tmp_path / "val"
+    write_300wlp(str(data), faces, seed=1, size=80)
+    write_identity_index(data, np.repeat(np.arange(faces // 3), 3))
+    return net, ckpt, data
+
+
 def test_calibrate_uncertainty_writes_a_calibrated_checkpoint(tmp_path):
     from lechpe_model.checkpoint import load_checkpoint, read_metadata
     from lechpe_model.uncertainty import UncertaintyCalibration
 
-    torch.manual_seed(0)
-    net = LECHPENet("mobilenet_v3_small", num_clusters=2)
-    ckpt = tmp_path / "m.safetensors"
-    save_checkpoint(ckpt, net, {"data": {"test_margin": 0.25}}, input_size=64)
-    data = tmp_path / "val"
-    write_300wlp(str(data), 24, seed=1, size=80)
-    write_identity_index(data, np.repeat(np.arange(8), 3))
+    net, ckpt, data = small_model_and_faces(tmp_path, 24)
     out = tmp_path / "cal.safetensors"
     assert (
         evaluate.main(
@@ -451,13 +458,8 @@ def test_calibrate_uncertainty_fits_an_error_head_on_other_renders(tmp_path):
     from lechpe_model.checkpoint import load_checkpoint, read_metadata
     from lechpe_model.uncertainty import UncertaintyCalibration
 
-    torch.manual_seed(0)
-    net = LECHPENet("mobilenet_v3_small", num_clusters=2, mirror_average=True)
-    ckpt = tmp_path / "m.safetensors"
-    save_checkpoint(ckpt, net, {"data": {"test_margin": 0.25}}, input_size=64)
-    data, head_data = tmp_path / "val", tmp_path / "val_head"
-    write_300wlp(str(data), 30, seed=1, size=80)
-    write_identity_index(data, np.repeat(np.arange(10), 3))
+    net, ckpt, data = small_model_and_faces(tmp_path, 30, mirror_average=True)
+    head_data = tmp_path / "val_head"
     write_300wlp(str(head_data), 24, seed=2, size=80)
     write_identity_index(head_data, np.repeat(np.arange(8), 3))
     out = tmp_path / "cal.safetensors"
@@ -517,13 +519,7 @@ def test_detector_crops_are_the_runtimes_crops_and_misses_are_counted(tmp_path, 
     from lechpe_model.uncertainty import UncertaintyCalibration
     from training import detector_boxes as db
 
-    torch.manual_seed(0)
-    net = LECHPENet("mobilenet_v3_small", num_clusters=2)
-    ckpt = tmp_path / "m.safetensors"
-    save_checkpoint(ckpt, net, {"data": {"test_margin": 0.25}}, input_size=64)
-    data = tmp_path / "val"
-    write_300wlp(str(data), 30, seed=1, size=80)
-    write_identity_index(data, np.repeat(np.arange(10), 3))
+    _, ckpt, data = small_model_and_faces(tmp_path, 30)
     samples = load_dataset(str(data)).samples
 
     def moved(box):  # the labelled face moved right by 10 % of its width

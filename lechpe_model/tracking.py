@@ -5,7 +5,13 @@ frame on which the detector ran, :meth:`FaceTracker.update` associates the
 detections with the tracks' *predicted* boxes (IoU, optimal assignment with
 ``scipy.optimize.linear_sum_assignment``):
 
-* a matched track takes the detected box and updates its velocity;
+* a matched track takes the detected box and updates its velocity, unless the
+  box's side jumped by more than ``max_size_jump`` since the track's last
+  detection: a face does not shrink by a quarter in a frame, but the
+  detector's box does when a hand or an object starts to cover it (it closes
+  on the part still visible). Such a detection is taken as a miss: the track
+  keeps its own box, predicted, and is reported ``tracked`` (while it may miss
+  once more; after ``max_misses`` it takes the detected box);
 * an unmatched track (the detector missed the face, e.g. a hand covers it)
   is *predicted*: its box moves by its constant velocity and it is returned
   flagged ``tracked``; after more than ``max_misses`` misses in a row it ends;
@@ -87,6 +93,9 @@ class FaceTracker:
         iou_threshold: minimum IoU between a predicted box and a detection to match.
         velocity_smoothing: weight of the newest box change in the velocity (0..1].
         velocity_decay: factor applied to the velocity on each missed frame.
+        max_size_jump: a matched detection whose box side differs from the track's
+            last detected side by more than this fraction per frame since then
+            (either way) counts as a miss (see the module docstring); 0 disables.
     """
 
     def __init__(
@@ -95,6 +104,7 @@ class FaceTracker:
         iou_threshold: float = 0.3,
         velocity_smoothing: float = 0.5,
         velocity_decay: float = 0.8,
+        max_size_jump: float = 0.25,
     ) -> None:
         if int(max_misses) < 0:
             raise ValueError(f"track_max_misses must be >= 0, got {max_misses}")
@@ -102,7 +112,10 @@ class FaceTracker:
             raise ValueError(f"track iou_threshold must be in (0, 1], got {iou_threshold}")
         if not 0.0 < float(velocity_smoothing) <= 1.0:
             raise ValueError(f"velocity_smoothing must be in (0, 1], got {velocity_smoothing}")
+        if not 0.0 <= float(max_size_jump) < 1.0:
+            raise ValueError(f"max_size_jump must be in [0, 1), got {max_size_jump}")
         self.max_misses = int(max_misses)
+        self.max_size_jump = float(max_size_jump)
         self.iou_threshold = float(iou_threshold)
         self.velocity_smoothing = float(velocity_smoothing)
         self.velocity_decay = float(velocity_decay)
@@ -139,8 +152,15 @@ class FaceTracker:
                 for r, c in zip(rows, cols, strict=True)
                 if overlap[r, c] >= self.iou_threshold
             ]
+        matched_dets = {c for _, c in matches}  # a jumped detection is still this face
+        # ... carried as a miss while the track can take one more (else the box is used)
+        matches = [
+            (r, c)
+            for r, c in matches
+            if self.tracks[r].misses >= self.max_misses
+            or not self._size_jumped(self.tracks[r], boxes[c])
+        ]
         matched_tracks = {r for r, _ in matches}
-        matched_dets = {c for _, c in matches}
         for r, c in matches:
             track, det = self.tracks[r], detections[c]
             new_box = np.asarray(det.box, np.float32)
@@ -178,6 +198,19 @@ class FaceTracker:
                 self._next_id += 1
         self.tracks = survivors
         return self._faces()
+
+    def _size_jumped(self, track: Track, box: np.ndarray) -> bool:
+        """The detection's side left ``[(1 - j)^k, (1 - j)^-k]`` of the track's last
+        detected side, ``k`` the frames since that detection."""
+        if self.max_size_jump <= 0.0:
+            return False
+        side = max(float(box[2] - box[0]), float(box[3] - box[1]))
+        last = track.detected_box
+        last_side = max(float(last[2] - last[0]), float(last[3] - last[1]))
+        if side <= 0.0 or last_side <= 0.0:
+            return True
+        low = (1.0 - self.max_size_jump) ** (track.frames_since_detection + 1)
+        return not low <= side / last_side <= 1.0 / low
 
     def end(self, track_id: int) -> None:
         """End a track now (e.g. the pose network says its predicted box holds no face)."""

@@ -90,12 +90,58 @@ def test_predict_moves_tracks_without_counting_a_miss():
     assert tracker.tracks[0].misses == 0
 
 
+def test_a_box_that_collapses_under_an_occluder_is_carried_as_a_miss():
+    """A hand covers the right half: the detector's box closes on the visible left
+    part (side 40 -> 28, -30 % in a frame). The track keeps the face's box."""
+    tracker = FaceTracker(max_misses=3, velocity_smoothing=1.0, velocity_decay=1.0)
+    tracker.update([face(100, 50)])
+    tracker.update([face(102, 50)])  # +2 px/frame
+    (carried,) = tracker.update([face(106, 56, side=28)])  # IoU 0.49 with the prediction
+    assert carried.tracked and carried.track_id == 0  # the same face, no new track
+    np.testing.assert_allclose(carried.detection.box, [104, 50, 144, 90])
+    assert tracker.tracks[0].misses == 1
+    # the hand leaves: the full box near the prediction is the same face again
+    (back,) = tracker.update([face(106, 50)])
+    assert back.track_id == 0 and not back.tracked and len(tracker.tracks) == 1
+    # a face coming closer (+10 % a frame) is followed, not carried
+    tracker = FaceTracker(max_misses=3)
+    for k in range(5):
+        (f,) = tracker.update([face(100, 50, side=40 * 1.1**k)])
+        assert not f.tracked and f.track_id == 0
+    # after two frames without detection a jump of up to (1 - 0.25)^3 is allowed
+    tracker = FaceTracker(max_misses=3)
+    tracker.update([face(100, 50)])
+    tracker.update([])
+    tracker.update([])
+    (f,) = tracker.update([face(100, 50, side=40 * 0.6)])  # 0.6 > 0.42 = 0.75^3
+    assert not f.tracked
+
+
+def test_a_collapsed_box_is_used_when_the_track_cannot_miss_again():
+    # no prediction (tracker off): the detection is reported as it is
+    tracker = FaceTracker(max_misses=0)
+    tracker.update([face(100, 50)])
+    (f,) = tracker.update([face(100, 58, side=24)])
+    assert not f.tracked and f.detection.box[2] - f.detection.box[0] == 24
+    # ... and at the last miss allowed the track takes it
+    tracker = FaceTracker(max_misses=1)
+    tracker.update([face(100, 50)])
+    assert tracker.update([face(100, 58, side=24)])[0].tracked  # first jump: carried
+    (f,) = tracker.update([face(100, 58, side=24)])  # the track may not miss again
+    assert not f.tracked and f.track_id == 0
+    # switched off: every overlapping box is taken
+    tracker = FaceTracker(max_misses=3, max_size_jump=0.0)
+    tracker.update([face(100, 50)])
+    assert not tracker.update([face(100, 58, side=24)])[0].tracked
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
         ({"max_misses": -1}, "track_max_misses must be >= 0, got -1"),
         ({"iou_threshold": 0}, "iou_threshold must be in"),
         ({"velocity_smoothing": 2}, "velocity_smoothing must be in"),
+        ({"max_size_jump": 1.0}, r"max_size_jump must be in \[0, 1\), got 1.0"),
     ],
 )
 def test_bad_parameters(kwargs, words):

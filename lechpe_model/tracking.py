@@ -204,9 +204,11 @@ class FaceTracker:
         detected side, ``k`` the frames since that detection."""
         if self.max_size_jump <= 0.0:
             return False
-        side = max(float(box[2] - box[0]), float(box[3] - box[1]))
-        last = track.detected_box
-        last_side = max(float(last[2] - last[0]), float(last[3] - last[1]))
+
+        def side_of(b: np.ndarray) -> float:
+            return max(float(b[2] - b[0]), float(b[3] - b[1]))
+
+        side, last_side = side_of(box), side_of(track.detected_box)
         if side <= 0.0 or last_side <= 0.0:
             return True
         low = (1.0 - self.max_size_jump) ** (track.frames_since_detection + 1)

@@ -64,8 +64,9 @@ def run_inference(
         ``latent`` (N, D) float32, ``q`` (N, K), ``valid`` (N,) bool (False for
         unreadable images, whose rows are zeros), ``occluded`` (N,) bool,
         ``head_input`` (N, D) what an error head reads (the latent averaged with
-        the mirrored crop's under ``mirror_average``) and, for a model with an
-        error head, ``log_error`` (N, 3) its output.
+        the mirrored crop's under ``mirror_average``; without it, the ``latent``
+        array itself) and, for a model with an error head, ``log_error`` (N, 3)
+        its output.
     """
     info = info or DistInfo()
     net = model.module if hasattr(model, "module") else model
@@ -125,7 +126,8 @@ def run_inference(
         head_input = net.error_head_input(
             out.latent.float(), None if mirrored is None else mirrored.latent.float()
         )
-        rows["head_input"].append(head_input.cpu())
+        if mirrored is not None:  # else it is the latent: not kept twice
+            rows["head_input"].append(head_input.cpu())
         if net.error_head is not None:
             rows["log_error"].append(
                 net.error_head(head_input.to(net.error_head.weight.dtype)).float().cpu()
@@ -159,7 +161,9 @@ def run_inference(
             local[key] = torch.zeros(0, widths[key])
     result: dict[str, np.ndarray] = {}
     index = torch.cat(all_gather_rows(local["index"], info)).numpy()
-    keys = ["angles", "uncertainty", "target", "latent", "q", "valid", "occluded", "head_input"]
+    keys = ["angles", "uncertainty", "target", "latent", "q", "valid", "occluded"]
+    if net.mirror_average:
+        keys.append("head_input")
     if net.error_head is not None:
         keys.append("log_error")
     for key in keys:
@@ -167,6 +171,7 @@ def run_inference(
         full = np.zeros((n,) + gathered.shape[1:], dtype=gathered.dtype)
         full[index] = gathered
         result[key] = full
+    result.setdefault("head_input", result["latent"])
     return result
 
 

@@ -233,17 +233,20 @@ def uncertainty_check(scored: list[dict], originals: dict[str, dict]) -> dict:
     transformed photos: the Spearman correlation of the disagreement with the two
     predictions' combined sigma ``sqrt(sigma_original^2 + sigma_transformed^2)``
     (the spread of a difference of two independent errors), and the fraction of
-    disagreements within it (NaN with fewer than 3 rows or a constant column)."""
-    from scipy.stats import spearmanr
+    disagreements within it (NaN with fewer than 3 rows or a constant column), as
+    ``uncertainty.rank_and_coverage`` computes them for errors."""
+    from lechpe_model.uncertainty import rank_and_coverage
 
-    out: dict = {"spearman": {}, "within_combined_sigma": {}, "n": len(scored)}
-    for k, a in enumerate(ANGLE_NAMES):
-        d = np.array([r["disagreement"][a] for r in scored])
-        s = np.array([np.hypot(originals[r["photo"]]["sigma"][k], r["sigma"][k]) for r in scored])
-        ranked = len(d) >= 3 and np.ptp(d) > 0 and np.ptp(s) > 0
-        out["spearman"][a] = float(spearmanr(s, d)[0]) if ranked else float("nan")
-        out["within_combined_sigma"][a] = float(np.mean(d <= s)) if len(d) else float("nan")
-    return out
+    disagreement = np.array([[r["disagreement"][a] for a in ANGLE_NAMES] for r in scored])
+    combined = np.array(
+        [np.hypot(originals[r["photo"]]["sigma"], r["sigma"]) for r in scored], np.float64
+    )
+    stats = rank_and_coverage(combined, disagreement)
+    return {
+        "spearman": stats["spearman"],
+        "within_combined_sigma": stats["coverage_1sigma"],
+        "n": len(scored),
+    }
 
 
 def shipped_photos(names: Sequence[str] = PHOTOS) -> dict[str, np.ndarray]:

@@ -423,9 +423,10 @@ def evaluate_sets(
             "identities": ids,
             "not_selected": not_selected,
             "missed_by_detector": missed,
-            "crops": ("landmark" if landmark_crops else "")
-            + (" + " if landmark_crops and detector_crops else "")
-            + (f"{detector_crops} detector" if detector_crops else ""),
+            "crops": " + ".join(
+                (["landmark"] if landmark_crops else [])
+                + ([f"{detector_crops} detector"] if detector_crops else [])
+            ),
             "path": path,
         }
     return out
@@ -702,9 +703,8 @@ def fit_error_head_on(
         the installed head's output on cal_eval's readable faces}``.
     """
     import torch
-    from scipy.stats import spearmanr
 
-    from lechpe_model.uncertainty import fit_error_head
+    from lechpe_model.uncertainty import fit_error_head, rank_and_coverage
 
     if not ridges:
         raise ValueError("give at least one error-head ridge")
@@ -714,12 +714,11 @@ def fit_error_head_on(
     for ridge in ridges:
         weight, bias = fit_error_head(latent, err, float(ridge))
         predicted = cal_latent @ weight.T.astype(np.float64) + bias
+        # Spearman of the head's output with the error; NaN where it is constant
         rhos = [
-            spearmanr(predicted[part, k], cal_err[part, k])[0]
-            if np.ptp(predicted[part, k]) > 0 and np.ptp(cal_err[part, k]) > 0
-            else np.nan  # a constant output ranks nothing
+            rho
             for part in _set_slices(cal_eval)
-            for k in range(3)
+            for rho in rank_and_coverage(predicted[part], cal_err[part])["spearman"].values()
         ]
         finite = [r for r in rhos if np.isfinite(r)]
         scores[float(ridge)] = float(np.mean(finite)) if finite else -1.0
@@ -768,7 +767,7 @@ def calibrate_main(argv: Sequence[str]) -> int:
             f"lechpe-eval calibrate-uncertainty: --error-head-ridges {args.error_head_ridges!r} "
             f"is not a comma-separated list of numbers"
         ) from exc
-    if any(h for h in head_dirs) and (not ridges or any(not r > 0 for r in ridges)):
+    if any(head_dirs) and (not ridges or any(not r > 0 for r in ridges)):
         raise SystemExit("lechpe-eval calibrate-uncertainty: --error-head-ridges must be > 0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     chosen = selected_identities(args, [args.data, args.occluded_data])
